@@ -1,0 +1,275 @@
+"""One forward pass that exposes every step: `trace(model, images)`.
+
+Names (batch axis first), as in ../shared/fidelity/README.md:
+    logits (B, C), features (B, D)
+    T2T-ViT: t2t.split0 (B, N0, 147), t2t.attn1 (B, N0, 64), t2t.split1 (B, N1, 576),
+             t2t.attn2 (B, N1, 64), t2t.split2 (B, N2, 576), t2t.project (B, N2, D),
+             t2t.attn1_map (B, 1, N0, N0), t2t.attn2_map (B, 1, N1, N1)  [formed on demand]
+    ViT:     patch_embed (B, N, D)
+    both:    blocks.{i} (B, 1 + N, D) tokens out of block i, blocks.{i}.attn (B, heads, 1 + N, 1 + N)
+
+Recording is explicit: the model's forward takes a `Tape` argument and writes to it,
+so there is no hook and no global state; two threads can trace one model at once.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from t2t.t2t_vit import SOFT_SPLITS
+
+
+@dataclass
+class LazyAttention:
+    """A T2T attention matrix kept as factors, formed (in full or by rows) only when asked.
+
+    softmax:   A = softmax(q k^T)                         q, k: (B, N, d), q already scaled
+    performer: A_ij = phi(q_i).phi(k_j) / (phi(q_i) . sum_j phi(k_j) + eps)   q, k: (B, N, m)
+    """
+
+    kind: str
+    q: Tensor
+    k: Tensor
+    eps: float = 0.0
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (self.q.shape[0], 1, self.q.shape[1], self.k.shape[1])
+
+    def rows(self, index: Tensor | Iterable[int] | int) -> Tensor:
+        """Rows of the matrix for the query tokens `index`: (B, 1, len(index), N)."""
+        index = torch.as_tensor(index, device=self.q.device).reshape(-1)
+        q = self.q[:, index]
+        scores = q @ self.k.transpose(-2, -1)
+        if self.kind == "softmax":
+            a = scores.softmax(dim=-1)
+        else:
+            a = scores / (q @ self.k.sum(dim=1)[:, :, None] + self.eps)
+        return a[:, None]
+
+    def full(self) -> Tensor:
+        return self.rows(torch.arange(self.q.shape[1]))
+
+
+class Tape:
+    """Collects named tensors during one forward; `scope(prefix)` views it under a name prefix."""
+
+    def __init__(self, attention: bool = True, keep_graph: bool = False):
+        self.attention = attention
+        self.keep_graph = keep_graph
+        self.tensors: dict[str, Tensor] = {}
+        self.lazy: dict[str, LazyAttention] = {}
+        self.grids: dict[str, tuple[int, int]] = {}
+        self.prefix = ""
+        self.grid: tuple[int, int] | None = None
+
+    def scope(self, prefix: str, grid: tuple[int, int] | None = None) -> Tape:
+        child = object.__new__(Tape)
+        child.__dict__.update(self.__dict__)  # shares the three dicts
+        child.prefix, child.grid = self.prefix + prefix, grid
+        return child
+
+    def _keep(self, t: Tensor) -> Tensor:
+        if not self.keep_graph:
+            return t.detach()
+        if t.requires_grad:
+            t.retain_grad()  # so attributions can read d(output)/d(t) after backward
+        return t
+
+    def record(self, name: str, tensor: Tensor, grid: tuple[int, int] | None = None) -> None:
+        name = self.prefix + name
+        self.tensors[name] = self._keep(tensor)
+        if grid or self.grid:
+            self.grids[name] = grid or self.grid  # type: ignore[assignment]
+
+    def record_softmax_map(self, name: str, q: Tensor, k: Tensor) -> None:
+        if self.attention:
+            self._lazy(name, LazyAttention("softmax", q.detach(), k.detach()))
+
+    def record_performer_map(self, name: str, qp: Tensor, kp: Tensor, eps: float) -> None:
+        if self.attention:
+            self._lazy(name, LazyAttention("performer", qp.detach(), kp.detach(), eps))
+
+    def _lazy(self, name: str, lazy: LazyAttention) -> None:
+        self.lazy[self.prefix + name] = lazy
+        if self.grid:
+            self.grids[self.prefix + name] = self.grid
+
+
+@dataclass
+class Trace:
+    """The named tensors of one forward pass; look them up with `trace[name]`."""
+
+    tensors: dict[str, Tensor]
+    lazy: dict[str, LazyAttention]
+    grids: dict[str, tuple[int, int]]
+    family: str
+    image_size: tuple[int, int]
+    num_blocks: int
+    _formed: dict[str, Tensor] = field(default_factory=dict, repr=False)
+
+    def __getitem__(self, name: str) -> Tensor:
+        name = self._resolve(name)
+        if name in self.tensors:
+            return self.tensors[name]
+        if name in self.lazy:
+            if name not in self._formed:
+                self._formed[name] = self.lazy[name].full()
+            return self._formed[name]
+        raise KeyError(f"{name!r} is not in this trace; it has: {', '.join(self.names())}")
+
+    def __contains__(self, name: str) -> bool:
+        name = self._resolve(name)
+        return name in self.tensors or name in self.lazy
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def _resolve(self, name: str) -> str:
+        if name.startswith("blocks.last"):  # the reference files' name for the last block
+            name = f"blocks.{self.num_blocks - 1}" + name[len("blocks.last"):]
+        return name
+
+    def names(self) -> list[str]:
+        return list(self.tensors) + [n for n in self.lazy if n not in self.tensors]
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        """Shape without forming a lazy map."""
+        name = self._resolve(name)
+        return tuple(self.lazy[name].shape) if name in self.lazy else tuple(self.tensors[name].shape)
+
+    def attention_rows(self, name: str, index: Tensor | Iterable[int] | int) -> Tensor:
+        """Rows `index` of an attention map, (B, heads, len(index), N), never forming the rest."""
+        name = self._resolve(name)
+        if name in self.lazy:
+            return self.lazy[name].rows(index)
+        index = torch.as_tensor(index).reshape(-1)
+        return self[name][:, :, index]
+
+    def grid(self, name: str) -> tuple[int, int]:
+        """(h, w) of the token grid of a stage: 56x56, 28x28, 14x14 for T2T-ViT at 224."""
+        return self.grids[self._resolve(name)]
+
+    def attentions(self) -> list[Tensor]:
+        """Backbone attention maps of all blocks, each (B, heads, 1 + N, 1 + N)."""
+        return [self[f"blocks.{i}.attn"] for i in range(self.num_blocks)]
+
+    def block_tokens(self) -> list[Tensor]:
+        """Token features out of every block, each (B, 1 + N, D)."""
+        return [self[f"blocks.{i}"] for i in range(self.num_blocks)]
+
+
+def trace(model: nn.Module, images: Tensor, attention: bool = True, keep_graph: bool = False) -> Trace:
+    """Run `model` once on `images` (B, 3, H, W) and return every named step.
+
+    attention:  record attention maps (backbone maps are formed, T2T maps kept as factors).
+    keep_graph: keep the autograd graph; every recorded tensor gets `.retain_grad()`, so after
+                `trace["logits"][:, c].sum().backward()` the attention maps carry `.grad`.
+    """
+    if images.ndim != 4:
+        raise ValueError(f"images must be (B, 3, H, W), got shape {tuple(images.shape)}")
+    tape = Tape(attention=attention, keep_graph=keep_graph)
+    if keep_graph:
+        # a leaf that wants grad, so the graph exists even for a frozen model
+        images = images.detach().clone().requires_grad_(True)
+    with torch.set_grad_enabled(keep_graph):
+        features = model.forward_features(images, tape)
+        logits = model.forward_head(features)
+    tape.record("features", features)
+    tape.record("logits", logits)
+    if keep_graph:
+        tape.tensors["input"] = images
+    return Trace(
+        tensors=tape.tensors,
+        lazy=tape.lazy,
+        grids=tape.grids,
+        family=model.family,
+        image_size=tuple(images.shape[-2:]),
+        num_blocks=len(model.blocks),
+    )
+
+
+# --- receptive fields ------------------------------------------------------------------
+
+_T2T_STAGES = {  # stage name -> how many soft splits lie between it and the image
+    "t2t.split0": 1, "t2t.attn1": 1, "t2t.attn1_map": 1,
+    "t2t.split1": 2, "t2t.attn2": 2, "t2t.attn2_map": 2,
+    "t2t.split2": 3, "t2t.project": 3,
+}
+
+
+def stage_geometry(model: nn.Module, stage: str) -> list[tuple[int, int, int]]:
+    """(kernel, stride, padding) of each split between the image and `stage`, first split first.
+
+    Only the splits count: attention mixes all tokens, so this is the window a token is *made
+    of*, the part of the image the soft splits alone connect it to.
+    """
+    if model.family == "t2t":
+        if stage.startswith("blocks") or stage in ("backbone", "features"):
+            n = 3
+        elif stage in _T2T_STAGES:
+            n = _T2T_STAGES[stage]
+        else:
+            raise KeyError(f"unknown stage {stage!r}; T2T-ViT stages: {', '.join(_T2T_STAGES)}, blocks.{{i}}")
+        return list(SOFT_SPLITS[:n])
+    if stage.startswith("blocks") or stage in ("patch_embed", "backbone", "features"):
+        p = model.patch_embed.patch_size
+        return [(p, p, 0)]
+    raise KeyError(f"unknown stage {stage!r}; ViT stages: patch_embed, blocks.{{i}}")
+
+
+def receptive_field(model: nn.Module, stage: str, token: int | tuple[int, int],
+                    image_size: int | tuple[int, int] | None = None) -> tuple[int, int, int, int]:
+    """Pixels a token of `stage` sees: (top, left, bottom, right), bottom/right exclusive, clipped.
+
+    `token` is a flat index into the stage's grid (row-major, no class token) or (row, col).
+    Composes the splits backwards: rows [a, b] of a split's output come from rows
+    [a*stride - padding, b*stride - padding + kernel - 1] of its input.
+    """
+    size = image_size or model.img_size
+    h, w = (size, size) if isinstance(size, int) else size
+    geometry = stage_geometry(model, stage)
+    grid_h, grid_w = h, w
+    for k, s, p in geometry:
+        grid_h, grid_w = (grid_h + 2 * p - k) // s + 1, (grid_w + 2 * p - k) // s + 1
+    row, col = divmod(token, grid_w) if isinstance(token, int) else token
+    if not (0 <= row < grid_h and 0 <= col < grid_w):
+        raise IndexError(f"token {token} is outside the {grid_h}x{grid_w} grid of {stage!r}")
+    r0 = r1 = row
+    c0 = c1 = col
+    for k, s, p in reversed(geometry):
+        r0, r1 = r0 * s - p, r1 * s - p + k - 1
+        c0, c1 = c0 * s - p, c1 * s - p + k - 1
+    return max(r0, 0), max(c0, 0), min(r1 + 1, h), min(c1 + 1, w)
+
+
+def receptive_fields(model: nn.Module, stage: str,
+                     image_size: int | tuple[int, int] | None = None) -> Tensor:
+    """Boxes of every token of a stage: (h, w, 4) int tensor of (top, left, bottom, right)."""
+    size = image_size or model.img_size
+    hw = (size, size) if isinstance(size, int) else size
+    gh, gw = hw
+    for k, s, p in stage_geometry(model, stage):
+        gh, gw = (gh + 2 * p - k) // s + 1, (gw + 2 * p - k) // s + 1
+    boxes = [receptive_field(model, stage, (r, c), hw) for r in range(gh) for c in range(gw)]
+    return torch.tensor(boxes).reshape(gh, gw, 4)
+
+
+def default_device(override: str | torch.device | None = None) -> torch.device:
+    """`override` if given, else CUDA when available, then Apple's MPS, then the CPU."""
+    if override is not None:
+        return torch.device(override)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def token_count(grid: tuple[int, int]) -> int:
+    return math.prod(grid)

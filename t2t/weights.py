@@ -1,0 +1,226 @@
+"""Read any released checkpoint safely and map it onto our models.
+
+Formats: the official T2T-ViT release (`.pth.tar` holding `state_dict` / `state_dict_ema`,
+keys maybe prefixed `module.`), timm / DeiT `.pth` (maybe under `model`), `.safetensors`;
+from a path or an http(s) URL (downloaded once into the cache, see `t2t.hub`).
+Pickles are never executed: `torch.load(..., weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import pickle
+import zipfile
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from t2t.registry import MODELS, build_model, get_config
+
+ASSETS = Path(__file__).parent / "assets"
+EMBEDDED = ASSETS / "embedded"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read, or that does not fit the model."""
+
+
+def read_checkpoint(source: str | os.PathLike) -> dict[str, Tensor]:
+    """The raw state dict of a file or URL, not yet mapped onto a model."""
+    source = str(source)
+    if source.startswith(("http://", "https://")):
+        from t2t.hub import download
+
+        path = download(source)
+    else:
+        path = Path(source).expanduser()
+        if not path.exists():
+            raise CheckpointError(f"checkpoint file not found: {path}")
+        if path.is_dir():
+            raise CheckpointError(f"checkpoint path is a directory, not a file: {path}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint file is empty (0 bytes): {path}")
+    if path.suffix == ".safetensors":
+        return _read_safetensors(path)
+    return _unwrap(_read_torch(path), path)
+
+
+def _read_safetensors(path: Path) -> dict[str, Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path.name} is not a valid safetensors file (corrupt or truncated?): {e}") from e
+
+
+def _read_torch(path: Path) -> Any:
+    # Training scripts store their argparse Namespace and numpy scalars next to the weights;
+    # both are plain data, so allow exactly these, and nothing that could run code.
+    import numpy as np
+
+    allowed: list[Any] = [argparse.Namespace, np.dtype, np.core.multiarray.scalar]
+    allowed += [type(np.dtype(t)) for t in ("float64", "float32", "int64")]
+    try:
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights_only" in str(e) or "Unsupported global" in str(e):
+            raise CheckpointError(
+                f"{path.name} holds Python objects other than tensors, which would have to be executed to load; "
+                f"refusing (weights_only=True). Re-save only its state_dict. Details: {str(e).splitlines()[0]}"
+            ) from e
+        raise CheckpointError(f"{path.name} is not a PyTorch checkpoint (cannot unpickle: {e})") from e
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if _looks_like_zip(path):
+            raise CheckpointError(f"{path.name} is truncated or corrupt: {msg}") from e
+        raise CheckpointError(f"{path.name} is not a PyTorch or safetensors checkpoint: {msg}") from e
+
+
+def _looks_like_zip(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) == b"PK\x03\x04"
+
+
+def _unwrap(obj: Any, path: Path) -> dict[str, Tensor]:
+    """Find the state dict inside a training checkpoint."""
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model", "state_dict_ema", "model_ema", "module"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path.name} holds no state dict of tensors (found {type(obj).__name__})")
+    return obj
+
+
+def resize_pos_embed(pos_embed: Tensor, grid: tuple[int, int], num_prefix_tokens: int = 1) -> Tensor:
+    """(1, prefix + h*w, D) -> (1, prefix + grid[0]*grid[1], D), bicubic over the 2-D grid (as timm)."""
+    prefix, tokens = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
+    old = int(math.isqrt(tokens.shape[1]))
+    if old * old != tokens.shape[1]:
+        raise CheckpointError(f"position embedding of {tokens.shape[1]} tokens is not a square grid")
+    tokens = rearrange(tokens, "1 (h w) d -> 1 d h w", h=old)
+    tokens = F.interpolate(tokens.float(), size=grid, mode="bicubic", align_corners=False)
+    return torch.cat([prefix, rearrange(tokens, "1 d h w -> 1 (h w) d").to(pos_embed.dtype)], dim=1)
+
+
+def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+    """Map a foreign state dict onto our names: strip `module.`, resize position embeddings."""
+    out = {}
+    for k, v in state_dict.items():
+        k = k.removeprefix("module.")
+        if k == "pos_embed" and v.shape != model.pos_embed.shape:
+            v = resize_pos_embed(v, model.grid(model.img_size, model.img_size), model.num_prefix_tokens)
+        out[k] = v
+    return out
+
+
+def load_weights(model: nn.Module, state_dict: dict[str, Tensor]) -> None:
+    """Load strictly, or raise a CheckpointError saying what does not fit and what would."""
+    state_dict = checkpoint_filter_fn(state_dict, model)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    wrong = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
+             for k in own if k in state_dict and state_dict[k].shape != own[k].shape]
+    if missing or unexpected or wrong:
+        name = model.default_cfg["name"]
+        lines = [f"checkpoint does not fit {name}:"]
+        for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatch", wrong)):
+            if items:
+                more = f" (+{len(items) - 8} more)" if len(items) > 8 else ""
+                lines.append(f"  {title} ({len(items)}): {', '.join(items[:8])}{more}")
+        match = matching_model(state_dict)
+        if match:
+            lines.append(f"  its names and shapes match registry model {match!r}: create_model({match!r}, ...)")
+        raise CheckpointError("\n".join(lines))
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in state_dict.items()}, strict=True)
+
+
+@cache
+def _signature(name: str, num_classes: int) -> frozenset[tuple[str, tuple[int, ...]]]:
+    cfg = get_config(name)
+    with torch.device("meta"):
+        model = build_model(name, cfg.img_size, num_classes)
+    return frozenset((k, tuple(v.shape)) for k, v in model.state_dict().items() if k != "pos_embed")
+
+
+def matching_model(state_dict: dict[str, Tensor]) -> str | None:
+    """The registry model whose names and shapes (position embedding aside) the state dict has."""
+    head = state_dict.get("head.weight")
+    num_classes = head.shape[0] if head is not None else 1000
+    sig = frozenset((k.removeprefix("module."), tuple(v.shape)) for k, v in state_dict.items()
+                    if k.removeprefix("module.") != "pos_embed")
+    return next((name for name in MODELS if _signature(name, num_classes) == sig), None)
+
+
+def embedded_files(name: str) -> tuple[Path, Path]:
+    """The shipped weights and model card of an embedded (project-trained) model."""
+    return EMBEDDED / f"{name}.safetensors", EMBEDDED / f"{name}.json"
+
+
+def list_embedded() -> list[str]:
+    return sorted(p.stem for p in EMBEDDED.glob("*.safetensors")) if EMBEDDED.exists() else []
+
+
+def create_model(name: str, img_size: int | None = None, num_classes: int | None = None,
+                 pretrained: bool | str | os.PathLike | None = None, **overrides: Any) -> nn.Module:
+    """Build a registry model and optionally load weights.
+
+    pretrained: None/False  fresh weights;
+                True        the released ImageNet-1k weights (downloaded once into the cache);
+                "embedded"  the project's own model trained on the synthetic dataset, shipped in the repo;
+                a path or http(s) URL of a checkpoint in any supported format.
+    num_classes: None takes it from the checkpoint (1000 without one).
+    The model carries `default_cfg` (mean, std, crop, ...) and `class_names` (a list, or None).
+    """
+    cfg = get_config(name)
+    card: dict[str, Any] = {}
+    state_dict = None
+    if pretrained is True:
+        if cfg.url is None:
+            raise CheckpointError(f"{name} has no released weights; pass a checkpoint path or URL")
+        state_dict = read_checkpoint(cfg.url)
+    elif pretrained == "embedded":
+        weights, card_path = embedded_files(name)
+        if not weights.exists():
+            raise CheckpointError(f"no embedded weights for {name}; embedded models: {', '.join(list_embedded())}")
+        state_dict = read_checkpoint(weights)
+        card = json.loads(card_path.read_text()) if card_path.exists() else {}
+        img_size = img_size or card.get("img_size")
+    elif pretrained:
+        state_dict = read_checkpoint(pretrained)
+    if num_classes is None:
+        head = state_dict.get("head.weight", state_dict.get("module.head.weight")) if state_dict else None
+        num_classes = head.shape[0] if head is not None else 1000
+    model = build_model(name, img_size, num_classes, **overrides)
+    if state_dict is not None:
+        load_weights(model, state_dict)
+        model.default_cfg["weights"] = "embedded" if pretrained == "embedded" else str(
+            cfg.url if pretrained is True else pretrained)
+    model.class_names = _class_names(card, num_classes)
+    if card:
+        model.default_cfg["card"] = card
+        model.default_cfg.update({k: tuple(card[k]) for k in ("mean", "std") if k in card})
+    return model.eval() if state_dict is not None else model
+
+
+def _class_names(card: dict[str, Any], num_classes: int) -> list[str] | None:
+    if card.get("class_names") and len(card["class_names"]) == num_classes:
+        return list(card["class_names"])
+    if num_classes == 1000:
+        path = ASSETS / "imagenet_classes.txt"
+        if path.exists():
+            return path.read_text().splitlines()
+    return None

@@ -46,7 +46,8 @@ class SoftSplit(nn.Module):
         self.unfold = nn.Unfold(kernel_size=kernel, stride=stride, padding=padding)
 
     def grid(self, h: int, w: int) -> tuple[int, int]:
-        return grid_after(h, self.kernel, self.stride, self.padding), grid_after(w, self.kernel, self.stride, self.padding)
+        k, s, p = self.kernel, self.stride, self.padding
+        return grid_after(h, k, s, p), grid_after(w, k, s, p)
 
     def forward(self, x: Tensor) -> Tensor:
         return rearrange(self.unfold(x), "b c n -> b n c")

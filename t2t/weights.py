@@ -13,10 +13,10 @@ import json
 import math
 import os
 import pickle
-import zipfile
 from functools import cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +39,7 @@ def read_checkpoint(source: str | os.PathLike) -> dict[str, Tensor]:
     if source.startswith(("http://", "https://")):
         from t2t.hub import download
 
-        path = download(source)
+        path = download(source, filename=_cache_name(source))
     else:
         path = Path(source).expanduser()
         if not path.exists():
@@ -51,6 +51,16 @@ def read_checkpoint(source: str | os.PathLike) -> dict[str, Tensor]:
     if path.suffix == ".safetensors":
         return _read_safetensors(path)
     return _unwrap(_read_torch(path), path)
+
+
+def _cache_name(url: str) -> str:
+    """A cache file name that tells checkpoints apart: hub files are all called `model.safetensors`."""
+    segments = [s for s in urlsplit(url).path.split("/") if s]
+    name = unquote(segments[-1]) if segments else "checkpoint"
+    if name.split(".")[0] in ("model", "pytorch_model") and "resolve" in segments:
+        repo = segments[segments.index("resolve") - 1]  # .../<owner>/<repo>/resolve/<rev>/model.safetensors
+        name = f"{repo}_{name}"
+    return name
 
 
 def _read_safetensors(path: Path) -> dict[str, Tensor]:
@@ -68,7 +78,8 @@ def _read_torch(path: Path) -> Any:
     # both are plain data, so allow exactly these, and nothing that could run code.
     import numpy as np
 
-    allowed: list[Any] = [argparse.Namespace, np.dtype, np.core.multiarray.scalar]
+    core = getattr(np, "_core", None) or np.core
+    allowed: list[Any] = [argparse.Namespace, np.dtype, core.multiarray.scalar]
     allowed += [type(np.dtype(t)) for t in ("float64", "float32", "int64")]
     try:
         with torch.serialization.safe_globals(allowed):
@@ -80,7 +91,7 @@ def _read_torch(path: Path) -> Any:
                 f"refusing (weights_only=True). Re-save only its state_dict. Details: {str(e).splitlines()[0]}"
             ) from e
         raise CheckpointError(f"{path.name} is not a PyTorch checkpoint (cannot unpickle: {e})") from e
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+    except Exception as e:  # the unpickler fails in many ways on bytes that are not a pickle
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         if _looks_like_zip(path):
             raise CheckpointError(f"{path.name} is truncated or corrupt: {msg}") from e
@@ -130,8 +141,10 @@ def load_weights(model: nn.Module, state_dict: dict[str, Tensor]) -> None:
     """Load strictly, or raise a CheckpointError saying what does not fit and what would."""
     state_dict = checkpoint_filter_fn(state_dict, model)
     own = model.state_dict()
-    missing = sorted(set(own) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(own))
+    # structural keys (stems, heads) say more about an architecture than the Nth block: list them first
+    order = lambda k: (k.startswith("blocks."), k)  # noqa: E731
+    missing = sorted(set(own) - set(state_dict), key=order)
+    unexpected = sorted(set(state_dict) - set(own), key=order)
     wrong = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
              for k in own if k in state_dict and state_dict[k].shape != own[k].shape]
     if missing or unexpected or wrong:
@@ -220,7 +233,7 @@ def _class_names(card: dict[str, Any], num_classes: int) -> list[str] | None:
     if card.get("class_names") and len(card["class_names"]) == num_classes:
         return list(card["class_names"])
     if num_classes == 1000:
-        path = ASSETS / "imagenet_classes.txt"
-        if path.exists():
-            return path.read_text().splitlines()
+        from t2t.images import imagenet_class_names
+
+        return imagenet_class_names()
     return None

@@ -1,0 +1,73 @@
+"""Shared fixtures.
+
+``http_server(directory, handler=None) -> base_url`` serves a folder on 127.0.0.1 at a free port
+from a background thread (stopped at the end of the test) and logs each request in
+``http_server.requests``. ``free_port`` is a port with nothing listening on it.
+"""
+
+from __future__ import annotations
+
+import functools
+import socket
+import threading
+from collections.abc import Iterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+
+class QuietHandler(SimpleHTTPRequestHandler):
+    """Serves files without printing a log line per request; records each request on the server."""
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def parse_request(self) -> bool:
+        ok = super().parse_request()
+        if ok:
+            self.server.request_log.append(f"{self.command} {self.path}")  # type: ignore[attr-defined]
+        return ok
+
+
+class LocalHTTPServers:
+    """Callable fixture value: ``servers(directory, handler=None)`` starts a server, returns its URL."""
+
+    def __init__(self) -> None:
+        self.requests: list[str] = []  # "GET /path", across every server this fixture started
+        self._running: list[tuple[ThreadingHTTPServer, threading.Thread]] = []
+
+    def __call__(self, directory: str | Path, handler: type[SimpleHTTPRequestHandler] | None = None) -> str:
+        factory = functools.partial(handler or QuietHandler, directory=str(directory))
+        server = ThreadingHTTPServer(("127.0.0.1", 0), factory)
+        server.daemon_threads = True  # a stuck handler must not keep the test process alive
+        server.request_log = self.requests  # type: ignore[attr-defined]
+        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        thread.start()
+        self._running.append((server, thread))
+        return f"http://127.0.0.1:{server.server_address[1]}"
+
+    def close(self) -> None:
+        for server, thread in self._running:
+            server.shutdown()
+            server.server_close()
+            thread.join(timeout=5)
+        self._running.clear()
+
+
+@pytest.fixture
+def http_server() -> Iterator[LocalHTTPServers]:
+    """Start local HTTP servers with ``http_server(directory) -> base_url``; all stop after the test."""
+    servers = LocalHTTPServers()
+    try:
+        yield servers
+    finally:
+        servers.close()
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (connecting to it is refused)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -71,3 +71,31 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """A headless Debian Chromium driven by playwright (never `playwright install`).
+
+    Skipped where /usr/bin/chromium is missing, except under T2T_LENS_REQUIRE_BROWSER=1 (CI), where
+    a missing browser fails the test instead of hiding it.
+    """
+    import os
+
+    if not CHROMIUM.exists():
+        if os.environ.get("T2T_LENS_REQUIRE_BROWSER"):
+            pytest.fail("Chromium is required (T2T_LENS_REQUIRE_BROWSER=1) but /usr/bin/chromium is missing")
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium chromium-driver)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()

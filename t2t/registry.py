@@ -33,12 +33,13 @@ class ModelConfig:
 
 
 def _t2t(name: str, tokens_type: str, embed_dim: int, depth: int, num_heads: int, mlp_ratio: float,
-         url: str | None, top1: float | None, gmacs: float | None, qk_dim: int | None = None) -> ModelConfig:
+         url: str | None, top1: float | None, gmacs: float | None, qk_dim: int | None = None,
+         img_size: int = 224) -> ModelConfig:
     # The released checkpoints were trained with the backbone scale embed_dim ** -0.5 (not the
     # usual head_dim ** -0.5): the official code sets it when loading them, so it is our default.
     args = dict(tokens_type=tokens_type, embed_dim=embed_dim, depth=depth, num_heads=num_heads,
                 mlp_ratio=mlp_ratio, qk_scale=(qk_dim or embed_dim) ** -0.5)
-    return ModelConfig(name, "t2t", args, url and T2T_RELEASE + url, top1=top1, paper_gmacs=gmacs)
+    return ModelConfig(name, "t2t", args, url and T2T_RELEASE + url, img_size=img_size, top1=top1, paper_gmacs=gmacs)
 
 
 def _vit(name: str, embed_dim: int, depth: int, num_heads: int, url: str, top1: float,
@@ -58,6 +59,7 @@ MODELS: dict[str, ModelConfig] = {c.name: c for c in [
     _t2t("t2t_vit_10", "performer", 256, 10, 4, 2.0, "75.2_T2T_ViT_10.pth.tar", 75.2, 1.5),
     _t2t("t2t_vit_12", "performer", 256, 12, 4, 2.0, "76.5_T2T_ViT_12.pth.tar", 76.5, 1.8),
     _t2t("t2t_vit_14", "performer", 384, 14, 6, 3.0, "81.5_T2T_ViT_14.pth.tar", 81.5, 4.8),
+    _t2t("t2t_vit_14_384", "performer", 384, 14, 6, 3.0, "83.3_T2T_ViT_14.pth.tar", 83.3, None, img_size=384),
     _t2t("t2t_vit_19", "performer", 448, 19, 7, 3.0, "81.9_T2T_ViT_19.pth.tar", 81.9, 8.5),
     _t2t("t2t_vit_24", "performer", 512, 24, 8, 3.0, "82.3_T2T_ViT_24.pth.tar", 82.3, 13.8),
     _t2t("t2t_vit_t_14", "transformer", 384, 14, 6, 3.0, "81.7_T2T_ViTt_14.pth.tar", 81.7, 6.1),

@@ -35,6 +35,15 @@ class CheckpointError(ValueError):
 
 def read_checkpoint(source: str | os.PathLike) -> dict[str, Tensor]:
     """The raw state dict of a file or URL, not yet mapped onto a model."""
+    return read_checkpoint_and_class_names(source)[0]
+
+
+def read_checkpoint_and_class_names(source: str | os.PathLike) -> tuple[dict[str, Tensor], list[str] | None]:
+    """The raw state dict, and the class names the checkpoint carries, if any.
+
+    Class names may sit beside the weights as a `class_names` list of strings (torch checkpoints)
+    or as JSON under the `class_names` metadata key (safetensors).
+    """
     source = str(source)
     if source.startswith(("http://", "https://")):
         from t2t.hub import download
@@ -50,7 +59,15 @@ def read_checkpoint(source: str | os.PathLike) -> dict[str, Tensor]:
         raise CheckpointError(f"checkpoint file is empty (0 bytes): {path}")
     if path.suffix == ".safetensors":
         return _read_safetensors(path)
-    return _unwrap(_read_torch(path), path)
+    obj = _read_torch(path)
+    names = obj.get("class_names") if isinstance(obj, dict) else None
+    return _unwrap(obj, path), _as_names(names)
+
+
+def _as_names(names: Any) -> list[str] | None:
+    if isinstance(names, (list, tuple)) and names and all(isinstance(n, str) for n in names):
+        return list(names)
+    return None
 
 
 def _cache_name(url: str) -> str:
@@ -63,12 +80,18 @@ def _cache_name(url: str) -> str:
     return name
 
 
-def _read_safetensors(path: Path) -> dict[str, Tensor]:
-    from safetensors import SafetensorError
+def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], list[str] | None]:
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
     try:
-        return load_file(str(path))
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        try:
+            names = _as_names(json.loads(meta["class_names"])) if "class_names" in meta else None
+        except json.JSONDecodeError:
+            names = None  # unreadable metadata is not worth refusing the weights for
+        return load_file(str(path)), names
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{path.name} is not a valid safetensors file (corrupt or truncated?): {e}") from e
 
@@ -200,20 +223,20 @@ def create_model(name: str, img_size: int | None = None, num_classes: int | None
     """
     cfg = get_config(name)
     card: dict[str, Any] = {}
-    state_dict = None
+    state_dict, names = None, None
     if pretrained is True:
         if cfg.url is None:
             raise CheckpointError(f"{name} has no released weights; pass a checkpoint path or URL")
-        state_dict = read_checkpoint(cfg.url)
+        state_dict, names = read_checkpoint_and_class_names(cfg.url)
     elif pretrained == "embedded":
         weights, card_path = embedded_files(name)
         if not weights.exists():
             raise CheckpointError(f"no embedded weights for {name}; embedded models: {', '.join(list_embedded())}")
-        state_dict = read_checkpoint(weights)
+        state_dict, names = read_checkpoint_and_class_names(weights)
         card = json.loads(card_path.read_text()) if card_path.exists() else {}
         img_size = img_size or card.get("img_size")
     elif pretrained:
-        state_dict = read_checkpoint(pretrained)
+        state_dict, names = read_checkpoint_and_class_names(pretrained)
     if num_classes is None:
         head = state_dict.get("head.weight", state_dict.get("module.head.weight")) if state_dict else None
         num_classes = head.shape[0] if head is not None else 1000
@@ -222,16 +245,17 @@ def create_model(name: str, img_size: int | None = None, num_classes: int | None
         load_weights(model, state_dict)
         model.default_cfg["weights"] = "embedded" if pretrained == "embedded" else str(
             cfg.url if pretrained is True else pretrained)
-    model.class_names = _class_names(card, num_classes)
+    model.class_names = _class_names(card.get("class_names") or names, num_classes)
     if card:
         model.default_cfg["card"] = card
         model.default_cfg.update({k: tuple(card[k]) for k in ("mean", "std") if k in card})
     return model.eval() if state_dict is not None else model
 
 
-def _class_names(card: dict[str, Any], num_classes: int) -> list[str] | None:
-    if card.get("class_names") and len(card["class_names"]) == num_classes:
-        return list(card["class_names"])
+def _class_names(names: list[str] | None, num_classes: int) -> list[str] | None:
+    """The checkpoint's or card's own names when they fit the head, else ImageNet's for 1000 classes."""
+    if names and len(names) == num_classes:
+        return list(names)
     if num_classes == 1000:
         from t2t.images import imagenet_class_names
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import pickle
 
 import pytest
@@ -230,3 +231,16 @@ def test_url_that_fails(tmp_path, http_server, free_port):
 def test_model_without_release_refuses_pretrained_true():
     with pytest.raises(CheckpointError, match="no released weights"):
         create_model("t2t_vit_14_wide", pretrained=True)
+
+
+def test_class_names_carried_by_the_checkpoint(source, tmp_path):
+    names = [f"class {i}" for i in range(10)]
+    sd = source.state_dict()
+    torch.save({"state_dict": sd, "class_names": names}, tmp_path / "named.pth")
+    assert create_model("t2t_vit_7", img_size=64, pretrained=tmp_path / "named.pth").class_names == names
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp_path / "named.safetensors"),
+              metadata={"class_names": json.dumps(names)})
+    assert create_model("t2t_vit_7", img_size=64, pretrained=tmp_path / "named.safetensors").class_names == names
+    # names that do not fit the head are ignored rather than mislabelling outputs
+    torch.save({"state_dict": sd, "class_names": names[:3]}, tmp_path / "short.pth")
+    assert create_model("t2t_vit_7", img_size=64, pretrained=tmp_path / "short.pth").class_names is None

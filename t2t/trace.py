@@ -14,7 +14,6 @@ so there is no hook and no global state; two threads can trace one model at once
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -269,7 +268,3 @@ def default_device(override: str | torch.device | None = None) -> torch.device:
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
-
-
-def token_count(grid: tuple[int, int]) -> int:
-    return math.prod(grid)

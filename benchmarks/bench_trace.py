@@ -81,9 +81,9 @@ def main() -> None:
             want = plain_forward(model, x)
             assert torch.allclose(model(x), want, atol=1e-4), "plain forward disagrees with the model"
             runs = {
-                "bare": lambda: model(x),
-                "trace": lambda: t2t.trace(model, x, attention=True),
-                "plain": lambda: plain_forward(model, x),
+                "bare": lambda x=x: model(x),
+                "trace": lambda x=x: t2t.trace(model, x, attention=True),
+                "plain": lambda x=x: plain_forward(model, x),
             }
             for fn in runs.values():  # warm-up
                 fn()

@@ -418,6 +418,8 @@ def finish(args: argparse.Namespace, model: nn.Module, out: Path, device: torch.
     card = {
         "model": args.model, "img_size": args.img_size, "num_classes": len(CLASS_NAMES),
         "class_names": list(CLASS_NAMES), "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
+        # trained on whole img_size renders, no resize-and-crop: evaluate them the same way
+        "crop_pct": 1.0,
         "weights": "model.safetensors", "dtype": metadata["dtype"],
         "params": sum(p.numel() for p in model.parameters()),
         "data": {"dataset": "t2t.data.synthetic.LocalStructureDataset", "data_seed": args.data_seed,

@@ -249,6 +249,7 @@ def create_model(name: str, img_size: int | None = None, num_classes: int | None
     if card:
         model.default_cfg["card"] = card
         model.default_cfg.update({k: tuple(card[k]) for k in ("mean", "std") if k in card})
+        model.default_cfg["crop_pct"] = card.get("crop_pct", model.default_cfg["crop_pct"])
     return model.eval() if state_dict is not None else model
 
 

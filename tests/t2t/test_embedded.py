@@ -52,3 +52,10 @@ def test_training_curves_are_shipped():
 def test_unknown_embedded_model():
     with pytest.raises(t2t.CheckpointError, match="no embedded weights for t2t_vit_24"):
         t2t.create_model("t2t_vit_24", pretrained="embedded")
+
+
+def test_embedded_models_are_evaluated_as_they_were_trained():
+    # the synthetic images are rendered at full size, never resized and cropped
+    for name in EMBEDDED:
+        assert t2t.create_model(name, pretrained="embedded").default_cfg["crop_pct"] == 1.0
+    assert t2t.create_model("t2t_vit_7").default_cfg["crop_pct"] == 0.9

@@ -1,0 +1,649 @@
+"""Caches and the per-run context that every page of the app reads.
+
+What is expensive is computed once and reused:
+
+- models: `load_model` (st.cache_resource), keyed by name, weights and device;
+- images: decoded once per content hash (`image_from_bytes`), samples and synthetic examples once;
+- preprocessing and traces: keyed by model key + image key. st.cache_resource, not cache_data: a
+  hit returns the same tensors without pickling a copy, so a rerun that needs no new forward pass
+  costs only the figures;
+- explanations, faithfulness, metrics, CKA: keyed by model key + image key + their own parameters.
+
+The sidebar (main.py) builds a `Context` each run and stores it in session state; pages call
+`context()` to get it. Out-of-memory on the GPU switches the session to the CPU (`guarded`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import numpy as np
+import streamlit as st
+import torch
+from PIL import Image
+from torch import Tensor, nn
+
+import t2t
+from t2t.images import ImageError, PreprocessSteps, open_image, preprocess_steps, sample_images
+
+T = TypeVar("T")
+
+T2T_DEFAULT = "t2t_vit_7"
+VIT_DEFAULT = "deit_tiny_patch16_224"
+CTX_KEY = "_t2t_lens_context"
+
+WEIGHT_SOURCES: dict[str, str] = {
+    "embedded": "Project-trained (shipped)",
+    "random": "Random (untrained)",
+    "released": "Released ImageNet-1k weights (download)",
+    "path": "Checkpoint file on this machine",
+    "upload": "Upload a checkpoint",
+    "url": "Checkpoint URL",
+}
+IMAGE_TYPES = ["png", "jpg", "jpeg", "webp", "bmp", "gif", "tif", "tiff"]
+CHECKPOINT_TYPES = ["pth", "tar", "pt", "bin", "safetensors", "ckpt"]
+UNTRAINED_NOTICE = "untrained weights"
+
+
+# ----------------------------------------------------------------------------------------------
+# Device
+# ----------------------------------------------------------------------------------------------
+
+
+def device_name() -> str:
+    """The device this session computes on: the GPU when there is one, unless it ran out of memory."""
+    if st.session_state.get("force_cpu"):
+        return "cpu"
+    return str(t2t.default_device())
+
+
+THREADS_ENV = "T2T_LENS_THREADS"
+
+
+def cpu_threads() -> int:
+    """Intra-op threads for CPU work: $T2T_LENS_THREADS, else half the cores (at least 1).
+
+    Half, not all: Streamlit runs each script run in its own thread, and with every core busy
+    OpenMP's spinning workers wait on each other; on a busy 2-core machine two threads made the
+    pages 3 to 20 times slower than one (benchmarks/bench_app.py).
+    """
+    env = os.environ.get(THREADS_ENV, "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
+def configure_threads(device: str) -> int:
+    """Set torch's thread count for this script run's thread (OpenMP's setting is per thread)."""
+    n = cpu_threads()
+    if device == "cpu" and torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return torch.get_num_threads()
+
+
+def fall_back_to_cpu(err: BaseException) -> NoReturn:
+    """After a GPU out-of-memory error: free the cache, switch this session to the CPU, rerun."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    if st.session_state.get("force_cpu"):
+        raise err  # already on the CPU: nothing left to fall back to
+    st.session_state["force_cpu"] = True
+    st.session_state["device_notice"] = (
+        "The GPU ran out of memory, so this session now computes on the CPU (slower). "
+        "Choose a smaller model or image batch, then switch back to the GPU in the sidebar."
+    )
+    st.rerun()
+
+
+def guarded(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Call `fn`; on a GPU out-of-memory error fall back to the CPU with a clear message."""
+    try:
+        return fn(*args, **kwargs)
+    except torch.OutOfMemoryError as err:  # torch.cuda.OutOfMemoryError is the same class
+        fall_back_to_cpu(err)
+
+
+# ----------------------------------------------------------------------------------------------
+# Models
+# ----------------------------------------------------------------------------------------------
+
+
+def default_source(name: str) -> str:
+    """Embedded (project-trained) weights when the repository ships them for `name`, else random."""
+    return "embedded" if name in t2t.list_embedded() else "random"
+
+
+@st.cache_resource(max_entries=8, show_spinner="Loading the model …")
+def load_model(name: str, source: str, location: str, device: str) -> nn.Module:
+    """A registry model with weights from `source` (a key of WEIGHT_SOURCES), in eval mode on `device`.
+
+    Random weights are drawn from a fixed seed so "untrained" means the same model on every load.
+    Raises t2t.CheckpointError (or a download error) when the weights cannot be used.
+    """
+    if source == "random":
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            model = t2t.create_model(name)
+    else:
+        pretrained: Any = {"embedded": "embedded", "released": True}.get(source, location)
+        model = t2t.create_model(name, pretrained=pretrained)
+    return model.eval().to(device)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model of the pair with where its weights came from."""
+
+    role: str  # "T2T-ViT" or "ViT"
+    name: str
+    source: str
+    location: str
+    device: str
+    model: nn.Module = field(compare=False, repr=False)
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}|{self.source}|{self.location}|{self.device}"
+
+    @property
+    def trained(self) -> bool:
+        return self.source != "random"
+
+    @property
+    def family(self) -> str:
+        return self.model.family
+
+    @property
+    def cfg(self) -> dict[str, Any]:
+        return self.model.default_cfg
+
+    @property
+    def img_size(self) -> int:
+        return int(self.cfg["img_size"])
+
+    @property
+    def crop_pct(self) -> float:
+        """The crop the model is evaluated with: create_model takes it from the model card
+        (1.0 for the project-trained models) or the registry (timm's eval crop)."""
+        return float(self.cfg["crop_pct"])
+
+    @property
+    def class_names(self) -> list[str]:
+        names = self.model.class_names
+        return list(names) if names else [f"class {i}" for i in range(int(self.cfg["num_classes"]))]
+
+    @property
+    def weights_label(self) -> str:
+        if self.source in ("path", "url", "upload"):
+            return Path(self.location).name or self.location
+        return {"embedded": "project-trained", "random": UNTRAINED_NOTICE, "released": "ImageNet-1k"}[self.source]
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} ({self.weights_label})"
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.model.blocks)
+
+    @property
+    def num_heads(self) -> int:
+        return int(self.model.blocks[0].attn.num_heads)
+
+
+def resolve_model(role: str, name: str, source: str, location: str, device: str) -> tuple[LoadedModel, str | None]:
+    """Load a model; when its weights cannot be used, the default weights and the reason why.
+
+    Returns (model, error message or None). A checkpoint that does not fit the model is the usual
+    reason (t2t.CheckpointError says which keys or shapes differ).
+    """
+    if source in ("path", "url", "upload") and not location.strip():
+        source, location = default_source(name), ""
+    try:
+        model = guarded(load_model, name, source, location.strip(), device)
+        return LoadedModel(role, name, source, location.strip(), device, model), None
+    except Exception as err:  # CheckpointError, DownloadError, OSError: all shown to the user as they are
+        fallback = default_source(name)
+        model = guarded(load_model, name, fallback, "", device)
+        what = f"'{Path(location).name or location}'" if location else WEIGHT_SOURCES[source].lower()
+        message = f"Could not use {what} for {name}: {err}"
+        return LoadedModel(role, name, fallback, "", device, model), message
+
+
+def save_checkpoint_upload(name: str, data: bytes) -> str:
+    """Write an uploaded checkpoint to a temporary file (kept by content hash) and return its path.
+
+    The file keeps its name (so messages name it as the user knows it) in a folder named by the
+    content hash; the suffix matters: `t2t.read_checkpoint` tells safetensors from pickles by it.
+    """
+    digest = hashlib.sha1(data).hexdigest()[:16]
+    folder = Path(tempfile.gettempdir()) / "t2t-lens-uploads" / digest
+    folder.mkdir(parents=True, exist_ok=True)
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", Path(name).name)[-100:].lstrip(".") or "checkpoint"
+    path = folder / safe
+    if not path.exists():
+        part = path.with_suffix(path.suffix + ".part")
+        part.write_bytes(data)
+        part.replace(path)
+    return str(path)
+
+
+# ----------------------------------------------------------------------------------------------
+# Images
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImageChoice:
+    """The image being looked at: a stable key (for caches), a label, and the decoded RGB image."""
+
+    key: str
+    label: str
+    image: Image.Image = field(compare=False, repr=False)
+
+
+@st.cache_resource(max_entries=32, show_spinner=False)
+def _decode(digest: str, _data: bytes) -> Image.Image:
+    return open_image(_data)
+
+
+def image_from_bytes(name: str, data: bytes) -> ImageChoice:
+    """Decode uploaded bytes (any supported format, safely), or raise ImageError with a user message."""
+    if not data:
+        raise ImageError("The file is empty (0 bytes).")
+    digest = hashlib.sha1(data).hexdigest()
+    return ImageChoice(f"bytes:{digest}", name, _decode(digest, data))
+
+
+def upload_error_message(name: str, err: Exception) -> str:
+    return f"Cannot use '{name}': {err}"
+
+
+@st.cache_resource(max_entries=16, show_spinner=False)
+def _sample(name: str) -> Image.Image:
+    return open_image(sample_images()[name])
+
+
+def sample_image(name: str) -> ImageChoice:
+    return ImageChoice(f"sample:{name}", f"sample photo '{name}'", _sample(name))
+
+
+def synthetic_class_names() -> tuple[str, ...]:
+    from t2t.data.synthetic import CLASS_NAMES
+
+    return CLASS_NAMES
+
+
+@st.cache_resource(max_entries=256, show_spinner=False)
+def _synthetic(index: int, img_size: int) -> Image.Image:
+    from t2t.data.synthetic import LocalStructureDataset
+
+    return LocalStructureDataset("test", size=index + 1, img_size=img_size).image(index)
+
+
+def synthetic_image(class_index: int, example: int = 0) -> ImageChoice:
+    """Example `example` of a synthetic class, from the test split (never seen in training)."""
+    names = synthetic_class_names()
+    index = example * len(names) + class_index
+    return ImageChoice(f"synthetic:{index}", f"synthetic '{names[class_index]}' #{example}", _synthetic(index, 224))
+
+
+def synthetic_batch(n: int) -> list[tuple[ImageChoice, int]]:
+    """The first `n` test images of the synthetic dataset with their labels (balanced over classes)."""
+    k = len(synthetic_class_names())
+    return [(synthetic_image(i % k, i // k), i % k) for i in range(n)]
+
+
+def default_image() -> ImageChoice:
+    return synthetic_image(synthetic_class_names().index("triangle"), 0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Preprocessing, traces and the context
+# ----------------------------------------------------------------------------------------------
+
+
+@st.cache_resource(max_entries=64, show_spinner=False)
+def _preprocessed(model_key: str, image_key: str, _lm: LoadedModel, _img: Image.Image) -> PreprocessSteps:
+    cfg = _lm.cfg
+    return preprocess_steps(_img, cfg["mean"], cfg["std"], _lm.img_size, _lm.crop_pct)
+
+
+def preprocessed(lm: LoadedModel, image: ImageChoice) -> PreprocessSteps:
+    return _preprocessed(lm.key, image.key, lm, image.image)
+
+
+@st.cache_resource(max_entries=16, show_spinner="Running the model …")
+def _traced(model_key: str, image_key: str, _model: nn.Module, _x: Tensor) -> t2t.Trace:
+    with torch.no_grad():
+        return t2t.trace(_model, _x, attention=True)
+
+
+def traced(lm: LoadedModel, image: ImageChoice) -> t2t.Trace:
+    x = preprocessed(lm, image).tensor
+    return guarded(lambda: _traced(lm.key, image.key, lm.model, x.to(lm.device)))
+
+
+@dataclass
+class Context:
+    """What the sidebar chose this run: the model pair, the image, the device."""
+
+    t2t: LoadedModel
+    vit: LoadedModel
+    image: ImageChoice
+    device: str
+
+    @property
+    def models(self) -> tuple[LoadedModel, LoadedModel]:
+        return self.t2t, self.vit
+
+    def steps(self, lm: LoadedModel) -> PreprocessSteps:
+        return preprocessed(lm, self.image)
+
+    def inputs(self, lm: LoadedModel) -> Tensor:
+        """The model input (1, 3, S, S) on the model's device."""
+        return self.steps(lm).tensor.to(lm.device)
+
+    def trace(self, lm: LoadedModel) -> t2t.Trace:
+        return traced(lm, self.image)
+
+    def display_image(self, lm: LoadedModel) -> np.ndarray:
+        """(S, S, 3) uint8: exactly what the model sees (resized, cropped), before normalisation."""
+        return np.asarray(self.steps(lm).cropped)
+
+
+def context() -> Context:
+    """The context main.py built this run; a page run on its own gets a message instead."""
+    ctx = st.session_state.get(CTX_KEY)
+    if ctx is None:
+        st.error("Start the app with `streamlit run app/main.py`: the pages need its sidebar.")
+        st.stop()
+    return ctx
+
+
+# ----------------------------------------------------------------------------------------------
+# Predictions
+# ----------------------------------------------------------------------------------------------
+
+
+def probabilities(tr: t2t.Trace) -> np.ndarray:
+    """(C,) softmax probabilities of the first image of a trace."""
+    return tr["logits"][0].float().softmax(dim=-1).cpu().numpy()
+
+
+def top_k(probs: np.ndarray, names: Sequence[str], k: int = 5) -> list[tuple[str, float]]:
+    order = np.argsort(-probs, kind="stable")[:k]
+    return [(names[i], float(probs[i])) for i in order]
+
+
+@st.cache_resource(max_entries=512, show_spinner=False)
+def _predict(model_key: str, image_key: str, _lm: LoadedModel, _img: Image.Image) -> np.ndarray:
+    x = _preprocessed(model_key, image_key, _lm, _img).tensor.to(_lm.device)
+    with torch.no_grad():
+        return _lm.model(x)[0].float().softmax(dim=-1).cpu().numpy()
+
+
+def predict(lm: LoadedModel, image: ImageChoice) -> np.ndarray:
+    """(C,) class probabilities of one image (no trace kept: for batches)."""
+    return guarded(_predict, lm.key, image.key, lm, image.image)
+
+
+# ----------------------------------------------------------------------------------------------
+# Explanations (analysis/) and the T2T back-projection
+# ----------------------------------------------------------------------------------------------
+
+CHEAP_METHODS = ("rollout", "chefer", "grad_rollout", "gradcam")
+EXPENSIVE_METHODS = ("integrated_gradients", "occlusion", "token_ablation")
+METHOD_NAMES = {
+    "rollout": "Attention rollout",
+    "chefer": "Chefer relevance (gradient x attention)",
+    "grad_rollout": "Gradient-weighted rollout",
+    "gradcam": "Grad-CAM (last block)",
+    "integrated_gradients": "Integrated Gradients",
+    "occlusion": "Occlusion",
+    "token_ablation": "Token ablation",
+}
+
+
+@st.cache_resource(max_entries=64, show_spinner=False)
+def _explanation(model_key: str, image_key: str, method: str, target: int, _model: nn.Module, _x: Tensor) -> Tensor:
+    from analysis.explain import explain
+
+    kwargs: dict[str, Any] = {}
+    if method == "integrated_gradients":
+        kwargs["internal_batch_size"] = 8
+    heat = explain(method, _model, _x, target=None if method == "rollout" else target, **kwargs)
+    return heat[0].detach().float().cpu()
+
+
+@st.cache_resource(max_entries=64, show_spinner=False)
+def _rollout(model_key: str, image_key: str, _tr: t2t.Trace) -> Tensor:
+    from analysis.maps import tokens_to_grid
+    from analysis.rollout import cls_rollout
+
+    return tokens_to_grid(cls_rollout(_tr.attentions()), tuple(_tr.grid("blocks.0")))[0].float().cpu()
+
+
+def explanation(ctx: Context, lm: LoadedModel, method: str, target: int) -> Tensor:
+    """Token-grid map (h, w) of `method` for class `target` (ignored by rollout).
+
+    Rollout reads the attention of the cached trace (no forward pass of its own); the gradient
+    methods run `analysis.explain.explain`.
+    """
+    if method == "rollout":
+        return guarded(_rollout, lm.key, ctx.image.key, ctx.trace(lm))
+    return guarded(_explanation, lm.key, ctx.image.key, method, target, lm.model, ctx.inputs(lm))
+
+
+@st.cache_resource(max_entries=64, show_spinner=False)
+def _explanation_pixels(model_key: str, image_key: str, method: str, target: int, mode: str, _heat: Tensor,
+                        _tr: t2t.Trace, family: str) -> tuple[Tensor, list[tuple[str, Tensor]] | None]:
+    from analysis.maps import normalize_map, upsample_map
+
+    size = tuple(_tr.image_size)
+    if family == "t2t" and mode != "stretch":
+        stages = carry_back(_heat, _tr, size, mode=mode)
+        return normalize_map(stages[-1][1][None])[0], stages
+    return normalize_map(upsample_map(_heat[None], size))[0], None
+
+
+def explanation_pixels(ctx: Context, lm: LoadedModel, method: str, target: int,
+                       mode: str) -> tuple[Tensor, list[tuple[str, Tensor]] | None]:
+    """A method's map at pixel resolution, in [0, 1], and for T2T-ViT the stages of its way back.
+
+    mode: "coverage" or "mass" carries a T2T-ViT map back through the T2T module (`carry_back`);
+    "stretch" (and any ViT) upsamples the token map bilinearly.
+    """
+    heat = explanation(ctx, lm, method, target)
+    t = -1 if method == "rollout" else target
+    return _explanation_pixels(lm.key, ctx.image.key, method, t, mode, heat, ctx.trace(lm), lm.family)
+
+
+def attention_left_product(tr: t2t.Trace, name: str, r: Tensor) -> Tensor:
+    """r^T A for a T2T attention map A of the trace, r (B, N) -> (B, N), without forming A when it can.
+
+    The Performer's A = diag(1 / n) phi(q) phi(k)^T is applied through its factors, O(N m), so the
+    3136 x 3136 map of attention 1 is never built; softmax attention forms the matrix.
+    """
+    lazy = tr.lazy.get(name)
+    if lazy is not None and lazy.kind == "performer":
+        q, k = lazy.q.float(), lazy.k.float()
+        n = q @ k.sum(dim=1)[:, :, None] + lazy.eps  # (B, N, 1)
+        return torch.einsum("bi,bim,bjm->bj", r.to(q) / n[..., 0], q, k)
+    a = tr[name].float()[:, 0]
+    return torch.einsum("bi,bij->bj", r.to(a), a)
+
+
+def attention_row_sums(tr: t2t.Trace, name: str) -> Tensor:
+    """(B, N) sums of the rows of a T2T attention map: 1 for softmax; for the Performer
+    n / (n + eps), which is ~0 where its normaliser n = phi(q_i) . sum_j phi(k_j) underflows
+    (the token then takes nothing from the others and the layer passes on its own value)."""
+    lazy = tr.lazy.get(name)
+    if lazy is not None and lazy.kind == "performer":
+        raw = (lazy.q.float() @ lazy.k.float().sum(dim=1)[:, :, None])[..., 0]
+        return raw / (raw + lazy.eps)
+    return tr[name].float()[:, 0].sum(dim=-1)
+
+
+def carry_back(token_map: Tensor, tr: t2t.Trace, image_hw: tuple[int, int], mode: str = "mass",
+               use_attention: bool = True, residual: bool = True) -> list[tuple[str, Tensor]]:
+    """Walk a backbone map (h, w) back to pixels through the T2T module; every stage's map, in order.
+
+    Split2, attention 2, split1, attention 1, split0, as `analysis.t2t_backproject.backproject`
+    (which gives only the last); attentions via `attention_left_product`.
+
+    `residual`: each T2T attention layer adds its input back (`v + proj(attn @ v)`), so, as attention
+    rollout does, A is replaced by A + I with rows re-normalised: (A + I) / 2 where a row of A sums
+    to 1, and the identity where it sums to ~0 (a Performer row whose normaliser underflowed: such
+    a token takes nothing from the others). The total is then conserved in "mass" mode. Without
+    the residual the map is spread by A alone, as `backproject(residual=False)`, and rows that sum
+    to ~0 lose their share. (`backproject(residual=True)` uses (A + I) / 2 for every row, which
+    loses half of it there.)
+    """
+    from einops import rearrange
+
+    from analysis.t2t_backproject import T2T_SOFT_SPLITS, split_backproject, stage_grids
+
+    grids = stage_grids(image_hw)
+    x = token_map[None].float().cpu()
+    out = [(f"backbone {x.shape[-2]}×{x.shape[-1]}", x[0])]
+    for s in reversed(range(len(T2T_SOFT_SPLITS))):
+        k, stride, p = T2T_SOFT_SPLITS[s]
+        x = split_backproject(x, grids[s], k, stride, p, mode)
+        where = "pixels" if s == 0 else f"{x.shape[-2]}×{x.shape[-1]}"
+        out.append((f"← split {s}: {where}", x[0]))
+        if s > 0 and use_attention:
+            h = x.shape[-2]
+            name = f"t2t.attn{s}_map"
+            r = rearrange(x, "b h w -> b (h w)")
+            if residual:
+                r = r / (1 + attention_row_sums(tr, name).cpu())  # rows of A + I, re-normalised
+            flat = attention_left_product(tr, name, r.to(_device_of(tr))).cpu()
+            if residual:
+                flat = flat + r
+            x = rearrange(flat, "b (h w) -> b h w", h=h)
+            out.append((f"← T2T attention {s}", x[0]))
+    return out
+
+
+def _device_of(tr: t2t.Trace) -> torch.device:
+    return tr["logits"].device
+
+
+@st.cache_resource(max_entries=64, show_spinner=False)
+def _faithfulness(model_key: str, image_key: str, map_id: str, target: int, steps: int,
+                  _model: nn.Module, _x: Tensor, _saliency: Tensor) -> tuple[float, float]:
+    from analysis.faithfulness import deletion_insertion, model_score_fn
+
+    # the class is known: score directly, without faithfulness()'s extra forward pass to find it
+    score = model_score_fn(_model, torch.tensor([target], device=_x.device))
+    curves = deletion_insertion(score, _x, _saliency[None].to(_x.device), steps=steps, batch_size=2 * steps + 2)
+    return float(curves.deletion_auc[0]), float(curves.insertion_auc[0])
+
+
+def faithfulness_scores(ctx: Context, lm: LoadedModel, map_id: str, saliency: Tensor, target: int,
+                        steps: int) -> tuple[float, float]:
+    """(deletion AUC, insertion AUC) of a map (h, w) or (S, S) for class `target`; `map_id` names it."""
+    return guarded(_faithfulness, lm.key, ctx.image.key, map_id, target, steps, lm.model, ctx.inputs(lm), saliency)
+
+
+# ----------------------------------------------------------------------------------------------
+# Statistics of one trace, and CKA over a batch of synthetic images
+# ----------------------------------------------------------------------------------------------
+
+
+@st.cache_resource(max_entries=32, show_spinner=False)
+def _attention_profile(model_key: str, image_key: str, _tr: t2t.Trace) -> dict[str, np.ndarray]:
+    from analysis.attention_stats import attention_profile
+
+    grid = tuple(_tr.grid("blocks.0"))
+    stride = (_tr.image_size[0] / grid[0], _tr.image_size[1] / grid[1])
+    prof = attention_profile(_tr.attentions(), grid, stride)
+    return {k: v[0].float().cpu().numpy() for k, v in prof.items()}  # each (L, H)
+
+
+def attention_profile(ctx: Context, lm: LoadedModel) -> dict[str, np.ndarray]:
+    """{"distance" (pixels), "entropy" (nats)}, each (blocks, heads), of the current image."""
+    return _attention_profile(lm.key, ctx.image.key, ctx.trace(lm))
+
+
+@st.cache_resource(max_entries=32, show_spinner=False)
+def _redundancy(model_key: str, image_key: str, threshold: float, _tr: t2t.Trace) -> dict[str, np.ndarray]:
+    from analysis.redundancy import trace_metrics
+
+    return {k: v[0].float().cpu().numpy() for k, v in trace_metrics(_tr, _tr.num_blocks,
+                                                                   rel_threshold=threshold).items()}
+
+
+def redundancy(ctx: Context, lm: LoadedModel, threshold: float = 0.1) -> dict[str, np.ndarray]:
+    """Redundancy metrics of every block on the current image, each (L,)."""
+    return _redundancy(lm.key, ctx.image.key, threshold, ctx.trace(lm))
+
+
+def batch_inputs(lm: LoadedModel, images: Sequence[ImageChoice]) -> Tensor:
+    return torch.cat([preprocessed(lm, im).tensor for im in images]).to(lm.device)
+
+
+@st.cache_resource(max_entries=8, show_spinner="Computing CKA on synthetic images …")
+def _cka(key1: str, key2: str, n: int, reduce: str, _lm1: LoadedModel, _lm2: LoadedModel) -> np.ndarray:
+    from analysis.cka import block_features, cka_matrix
+
+    images = [im for im, _ in synthetic_batch(n)]
+    feats = []
+    for lm in (_lm1, _lm2):
+        chunks: list[list[Tensor]] = []
+        for start in range(0, n, 16):
+            with torch.no_grad():
+                tr = t2t.trace(lm.model, batch_inputs(lm, images[start:start + 16]), attention=False)
+            chunks.append([block_features(b, reduce).cpu() for b in tr.block_tokens()])
+        feats.append([torch.cat(per_block) for per_block in zip(*chunks, strict=True)])
+    return cka_matrix(feats[0], feats[1]).float().numpy()
+
+
+def cka(lm1: LoadedModel, lm2: LoadedModel, n: int, reduce: str) -> np.ndarray:
+    """(L1, L2) linear CKA between every block of two models over `n` synthetic test images."""
+    return guarded(_cka, lm1.key, lm2.key, n, reduce, lm1, lm2)
+
+
+# ----------------------------------------------------------------------------------------------
+# Small tensor helpers for pages
+# ----------------------------------------------------------------------------------------------
+
+
+def to_numpy(t: Tensor) -> np.ndarray:
+    return t.detach().float().cpu().numpy()
+
+
+def display_scale(heat: Tensor, upper: float = 0.995) -> Tensor:
+    """A map scaled to [0, 1] for showing: min to the `upper` quantile, so a few hot pixels do not
+    wash out the rest (rankings, hence faithfulness scores, use the unclipped map)."""
+    lo = heat.min()
+    hi = torch.quantile(heat.flatten().float(), upper) if heat.numel() <= 16_000_000 else heat.max()
+    return ((heat - lo) / (hi - lo).clamp_min(1e-12)).clamp(0, 1)
+
+
+def keep_mass(maps: np.ndarray, mass: float = 0.6) -> np.ndarray:
+    """Zero all but the largest weights that together hold `mass` of each map's total, (..., h, w).
+
+    The weight that crosses the threshold is kept, so the kept weights hold at least `mass`.
+    """
+    flat = maps.reshape(-1, maps.shape[-2] * maps.shape[-1])
+    total = np.maximum(flat.sum(axis=1, keepdims=True), 1e-12)
+    order = np.argsort(-flat, axis=1, kind="stable")
+    ranked = np.take_along_axis(flat, order, axis=1)
+    before = np.cumsum(ranked, axis=1) - ranked  # mass of the larger weights
+    keep = np.zeros(flat.shape, dtype=bool)
+    np.put_along_axis(keep, order, before / total < mass, axis=1)
+    return (flat * keep).reshape(maps.shape)
+
+
+def scaled_index(index: int, size_from: int, size_to: int) -> int:
+    """The cell of a `size_to` grid under cell `index` of a `size_from` grid covering the same image."""
+    return min(size_to - 1, index * size_to // size_from)

@@ -1,0 +1,124 @@
+"""Page 2: the attention of any block and head of either model, and its statistics over heads and depth."""
+
+from __future__ import annotations
+
+import numpy as np
+import streamlit as st
+
+from app import _state as S
+from app import components as C
+
+ctx = S.context()
+
+st.header("Attention explorer")
+C.explain_text(
+    "In every block of the backbone, each token (the *query*) takes a weighted average of all tokens; the "
+    "weights are its **attention**. A block has several **heads**, each with its own weights. Pick a model, a "
+    "block and a head, then **click a token on the image** to see where it looks (or look from the class "
+    "token, whose output the classifier reads). The thumbnail grid shows the same query in every block "
+    "(rows) and head (columns): click a thumbnail to open it. Below, two numbers per head: the **mean "
+    "attention distance** (how far, in pixels, a head looks on average; small = local like a convolution) and "
+    "the **entropy** (low = focused on few tokens, high = spread out). Look for: ViT's early blocks need some "
+    "heads to look locally, because its hard patches see no neighbours; T2T-ViT's soft split already mixed "
+    "local structure in."
+)
+
+roles = {lm.role: lm for lm in ctx.models}
+role = st.radio("Model", list(roles), horizontal=True, key="att_model",
+                format_func=lambda r: f"{r}: {roles[r].label}")
+lm = roles[role]
+tr = ctx.trace(lm)
+grid = tr.grid("blocks.0")
+size = tuple(tr.image_size)
+nb, nh = lm.num_blocks, lm.num_heads
+
+defaults = (("att_block", nb, 0), ("att_row", grid[0], grid[0] // 2), ("att_col", grid[1], grid[1] // 2))
+for key, limit, default in defaults:
+    st.session_state[key] = min(int(st.session_state.get(key, default)), limit - 1)
+if st.session_state.get("att_head", "mean") not in ["mean", *range(nh)]:
+    st.session_state["att_head"] = "mean"
+
+a, b, c = st.columns([2, 2, 3])
+block = a.slider("Block", 0, nb - 1, key="att_block", format="%d", help="0 = first block")
+head = b.selectbox("Head", ["mean", *range(nh)], key="att_head",
+                   format_func=lambda h: "mean of all heads" if h == "mean" else f"head {h}")
+with c:
+    use_cls = st.toggle("Query: the class token", key="att_cls",
+                        help="The classifier reads the class token; its attention shows what feeds the decision.")
+    top60 = st.toggle("Keep only the tokens holding 60% of the attention", key="att_top60")
+q1, q2 = st.columns(2)
+row = q1.slider("Query token row", 0, grid[0] - 1, key="att_row", disabled=use_cls)
+col = q2.slider("Query token column", 0, grid[1] - 1, key="att_col", disabled=use_cls)
+query = 0 if use_cls else 1 + row * grid[1] + col  # the class token is token 0
+
+
+def query_rows(attn: np.ndarray) -> np.ndarray:
+    """(L, H, T, T) -> (L, H, h, w): the query's attention over the patch tokens."""
+    return attn[:, :, query, 1:].reshape(attn.shape[0], attn.shape[1], *grid)
+
+
+attn = np.stack([S.to_numpy(a[0]) for a in tr.attentions()])  # (L, H, T, T)
+maps = query_rows(attn)  # (L, H, h, w)
+shown = maps[block].mean(axis=0) if head == "mean" else maps[block, head]
+to_cls = attn[block, :, query, 0].mean() if head == "mean" else attn[block, head, query, 0]
+if top60:
+    shown = S.keep_mass(shown[None])[0]
+    maps = S.keep_mass(maps)
+
+left, right = st.columns(2)
+with left:
+    uri = C.cached_png_uri(f"{lm.key}|{ctx.image.key}", ctx.display_image(lm))
+    who = "the class token" if use_cls else f"token ({row}, {col})"
+    what = "mean of heads" if head == "mean" else f"head {head}"
+    fig = C.image_figure(uri, size, title=f"{lm.name}: block {block}, {what}, query {who}")
+    C.add_log_heatmap(fig, shown * shown.size, size, "× uniform", floor=1e-2 if not top60 else 1e-1)
+    if not use_cls:
+        C.add_boxes(fig, [C.cell_box(row, col, grid, size)], "#00e676", width=3)
+    C.add_token_picker(fig, grid, size)
+
+    def picked_token() -> None:
+        st.session_state["att_cls"] = False
+
+    C.show(fig, key="att_pick", on_select=C.pick_callback("att_pick", "att_row", "att_col", grid, grid,
+                                                          extra=picked_token))
+    st.caption(f"Attention this query gives the class token: {to_cls:.1%}. The rest is spread over the "
+               f"{grid[0] * grid[1]} patch tokens shown.")
+with right:
+    tiles = maps.reshape(nb * nh, *grid)
+    fig = C.mosaic_figure(tiles, nh, cmap="inferno", title="Every block (rows) × head (columns)",
+                          row_labels=[f"block {b}" for b in range(nb)], col_labels=[f"head {h}" for h in range(nh)],
+                          pickable=True, hover_names=[f"block {i // nh}, head {i % nh}" for i in range(nb * nh)],
+                          highlight=None if head == "mean" else block * nh + head, height=520)
+
+    def pick_tile() -> None:
+        points = st.session_state["att_tiles"]["selection"]["points"]
+        picked = C.picked_cell(points, (nb * nh, 1))
+        if picked is not None:
+            st.session_state["att_block"], st.session_state["att_head"] = divmod(picked[0], nh)
+
+    C.show(fig, key="att_tiles", on_select=pick_tile)
+
+st.subheader("Where each head looks: distance and entropy")
+profiles = {m.role: S.attention_profile(ctx, m) for m in ctx.models}
+own = profiles[role]
+dist = own["distance"][block].mean() if head == "mean" else own["distance"][block, head]
+ent = own["entropy"][block].mean() if head == "mean" else own["entropy"][block, head]
+k1, k2, k3 = st.columns(3)
+k1.metric(f"Mean attention distance, block {block}, {'mean of heads' if head == 'mean' else f'head {head}'}",
+          f"{dist:.1f} px")
+k2.metric("Attention entropy", f"{ent:.2f} nats", help=f"uniform over all {1 + grid[0] * grid[1]} tokens: "
+          f"{np.log(1 + grid[0] * grid[1]):.2f} nats")
+k3.metric("Image side", f"{size[1]} px", help="for scale: the largest possible distance is the diagonal")
+colours = {ctx.t2t.role: C.T2T_COLOUR, ctx.vit.role: C.VIT_COLOUR}
+mark = None if head == "mean" else (f"{role}", block, int(head))
+d1, d2 = st.columns(2)
+with d1:
+    C.show(C.head_scatter({r: (p["distance"], colours[r]) for r, p in profiles.items()},
+                          "Mean attention distance per head", "pixels", highlight=mark),
+           key="att_distance")
+with d2:
+    C.show(C.head_scatter({r: (p["entropy"], colours[r]) for r, p in profiles.items()},
+                          "Attention entropy per head", "nats", highlight=mark),
+           key="att_entropy")
+st.caption("One dot per head; x is the block's relative depth so the two models line up. The ringed dot is the "
+           "head chosen above. Distances are between token centres, 16 px apart for both models at 224 px.")

@@ -1,0 +1,82 @@
+"""Page 5: top-5 classes of both models, for the chosen image or a batch of images."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from app import _state as S
+from app import components as C
+from t2t.images import ImageError
+
+ctx = S.context()
+st.header("Classify")
+C.explain_text(
+    "The five most likely classes of each model, with their probabilities. The shipped models were trained "
+    "on ten synthetic shape classes (stripes, rings, triangles, …), so they can only answer with those; a "
+    "model with released ImageNet weights answers with the 1000 ImageNet classes. Look for: do the two models "
+    "agree? How sure are they? Try a batch of synthetic test images to compare their accuracy, or upload your "
+    "own images."
+)
+
+colours = {ctx.t2t.role: C.T2T_COLOUR, ctx.vit.role: C.VIT_COLOUR}
+cols = st.columns(2)
+top1 = {}
+for col, lm in zip(cols, ctx.models, strict=True):
+    probs = S.probabilities(ctx.trace(lm))
+    pairs = S.top_k(probs, lm.class_names)
+    top1[lm.role] = pairs[0][0]
+    with col:
+        C.show(C.topk_figure(pairs, f"{lm.role}: {lm.label}", colours[lm.role]), key=f"cls_{lm.role}")
+if len(set(top1.values())) == 1:
+    st.success(f"Both models say **{top1[ctx.t2t.role]}**.")
+else:
+    st.warning(" · ".join(f"{r} says **{c}**" for r, c in top1.items()))
+
+st.subheader("A batch of images")
+source = st.radio("Batch", ["Synthetic test images (with labels)", "My uploads"], horizontal=True, key="batch_source")
+batch: list[tuple[S.ImageChoice, str | None]] = []
+if source.startswith("Synthetic"):
+    n = st.select_slider("How many", [10, 20, 50, 100], value=20, key="batch_n")
+    classes = S.synthetic_class_names()
+    batch = [(im, classes[label]) for im, label in S.synthetic_batch(int(n))]
+    run_batch = st.button("Classify the batch", key="batch_go", type="primary")
+else:
+    files = st.file_uploader("Images", type=S.IMAGE_TYPES, accept_multiple_files=True, key="batch_upload")
+    run_batch = bool(files)
+    for file in files or []:
+        try:
+            batch.append((S.image_from_bytes(file.name, file.getvalue()), None))
+        except ImageError as err:
+            st.error(S.upload_error_message(file.name, err))
+
+if run_batch and batch:
+    progress = st.progress(0.0, text="Classifying …")
+    rows = []
+    for i, (image, truth) in enumerate(batch):
+        row: dict[str, object] = {"image": image.label}
+        if truth is not None:
+            row["true class"] = truth
+        for lm in ctx.models:
+            probs = S.predict(lm, image)
+            k = int(np.argmax(probs))
+            row[f"{lm.role}"] = lm.class_names[k]
+            row[f"{lm.role} p"] = float(probs[k])
+        rows.append(row)
+        progress.progress((i + 1) / len(batch), text=f"Classified {i + 1} of {len(batch)}")
+    progress.empty()
+    table = pd.DataFrame(rows)
+    roles = [lm.role for lm in ctx.models]
+    table["agree"] = table[roles[0]] == table[roles[1]]
+    m = st.columns(3)
+    m[0].metric("Images", len(table))
+    m[1].metric("The models agree on", f"{table['agree'].mean():.0%}")
+    if "true class" in table:
+        acc = {r: (table[r] == table["true class"]).mean() for r in roles}
+        m[2].metric("Accuracy", " · ".join(f"{r} {a:.0%}" for r, a in acc.items()))
+    st.dataframe(table, hide_index=True, column_config={
+        f"{r} p": st.column_config.ProgressColumn(f"{r} probability", min_value=0.0, max_value=1.0, format="%.2f")
+        for r in roles})
+elif source == "My uploads" and not batch:
+    st.caption("Upload one or more images (PNG, JPEG, WebP, BMP, GIF, TIFF).")

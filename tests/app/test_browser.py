@@ -1,0 +1,199 @@
+"""The app in a real browser: `streamlit run app/main.py` driven through Debian's Chromium by Playwright.
+
+Upload an image, visit every page, click a token, upload a bad file; no exception box may appear.
+Screenshots of every page go to screenshots/ (gitignored) at the repository root.
+
+Needs /usr/bin/chromium (`apt-get install chromium chromium-driver`); never `playwright install`.
+Skipped when it is missing, unless T2T_LENS_REQUIRE_BROWSER is set (CI), where that is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = Path("/usr/bin/chromium")
+SHOTS = ROOT / "screenshots"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync"]
+PAGES = {  # navigation title -> page header
+    "Tokens-to-Token, step by step": "Tokens-to-Token, step by step",
+    "Attention explorer": "Attention explorer",
+    "Explanations": "Explanations: which pixels made the decision?",
+    "Feature richness": "Feature richness: how much do the channels carry?",
+    "Classify": "Classify",
+}
+EXCEPTION = '[data-testid="stException"]'
+RUN_TIMEOUT_MS = 180_000  # a page's first visit on a busy 2-core CPU computes maps and scores
+
+
+def _require_browser() -> None:
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        if os.environ.get("T2T_LENS_REQUIRE_BROWSER"):
+            pytest.fail("the playwright package is missing")
+        pytest.skip("the playwright package is missing")
+    if not CHROMIUM.exists():
+        if os.environ.get("T2T_LENS_REQUIRE_BROWSER"):
+            pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium chromium-driver")
+        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium chromium-driver)")
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The app served by `streamlit run` on a free port; stopped after the module's tests."""
+    _require_browser()
+    port = _port()
+    log = (tmp_path_factory.mktemp("streamlit") / "server.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.headless", "true",
+         "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
+         "--server.fileWatcherType", "none"],
+        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                    if response.read().strip() == b"ok":
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"streamlit did not start; see {log.name}")
+            time.sleep(0.3)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser(server: str):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+def settle(page, started: bool = True) -> None:
+    """Wait until the script run triggered by the last action has finished and painted."""
+    if started:
+        try:  # the running indicator appears shortly after an interaction
+            page.wait_for_selector('[data-testid="stStatusWidget"]', timeout=1500)
+        except Exception:
+            pass  # the run was quicker than that, or needed nothing
+    page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')",
+                           timeout=RUN_TIMEOUT_MS)
+    page.wait_for_timeout(400)  # let plotly draw
+
+
+def shoot(page, name: str) -> Path:
+    SHOTS.mkdir(exist_ok=True)
+    path = SHOTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path
+
+
+def no_exception(page) -> None:
+    boxes = page.locator(EXCEPTION)
+    assert boxes.count() == 0, boxes.first.inner_text()
+
+
+def open_app(browser, url: str):
+    page = browser.new_page(viewport={"width": 1600, "height": 2400})
+    page.goto(url)
+    page.get_by_role("heading", name="Tokens-to-Token, step by step").wait_for(timeout=RUN_TIMEOUT_MS)
+    settle(page, started=False)
+    return page
+
+
+def upload(page, path: Path) -> None:
+    page.locator('[data-testid="stSidebar"]').get_by_text("Upload", exact=True).click()
+    settle(page)
+    page.locator('[data-testid="stSidebar"] input[type="file"]').first.set_input_files(str(path))
+    settle(page)
+
+
+def test_upload_visit_every_page_and_click_a_token(browser, server: str) -> None:
+    from t2t.images import sample_images
+
+    page = open_app(browser, server)
+    no_exception(page)
+    upload(page, sample_images()["cat"])
+    sidebar = page.locator('[data-testid="stSidebar"]')
+    assert sidebar.get_by_text("cat.jpg").count() >= 1  # the uploaded image is in use
+    no_exception(page)
+
+    for title, header in PAGES.items():
+        sidebar.get_by_role("link", name=title).click()
+        page.get_by_role("heading", name=header).wait_for(timeout=RUN_TIMEOUT_MS)
+        settle(page)
+        no_exception(page)
+        assert page.locator('[data-testid="stPlotlyChart"]').count() >= 1
+        shoot(page, title.split(",")[0].lower().replace(" ", "_").replace("-", "_"))
+
+    # page 1: click a token on the image of soft split 0
+    sidebar.get_by_role("link", name="Tokens-to-Token, step by step").click()
+    settle(page)
+    caption = page.get_by_text("Chosen: token")
+    before = caption.inner_text()
+    assert "Chosen: token (28, 28)" in before
+    chart = page.locator('[data-testid="stPlotlyChart"]').first
+    chart.scroll_into_view_if_needed()
+    area = chart.locator(".nsewdrag").first.bounding_box()
+    x, y = area["x"] + area["width"] * 0.25, area["y"] + area["height"] * 0.75
+    page.mouse.move(x, y)
+    page.mouse.click(x, y)
+    settle(page)
+    no_exception(page)
+    after = page.get_by_text("Chosen: token").inner_text()
+    assert after != before
+    # 0.25 and 0.75 of the 56-token grid: column 14, row 42 (give or take the cell under the pointer)
+    row, col = (int(v) for v in after.split("(")[1].split(")")[0].split(","))
+    assert abs(row - 42) <= 1 and abs(col - 14) <= 1, after
+    shoot(page, "tokens_after_click")
+    page.close()
+
+
+def test_bad_upload_shows_an_error_and_the_app_goes_on(browser, server: str, tmp_path: Path) -> None:
+    page = open_app(browser, server)
+    bad = tmp_path / "notes.png"
+    bad.write_text("these are notes, not an image\n")
+    upload(page, bad)
+    no_exception(page)
+    alert = page.locator('[data-testid="stSidebar"] [data-testid="stAlertContentError"]')
+    assert "Cannot use 'notes.png': Not an image file (it looks like a text file)" in alert.first.inner_text()
+    assert page.get_by_text("Showing the synthetic 'triangle' #0 instead").count() == 1
+    assert page.locator('[data-testid="stPlotlyChart"]').count() >= 1  # the page still shows the default image
+    shoot(page, "bad_upload")
+    page.close()

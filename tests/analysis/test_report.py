@@ -1,0 +1,254 @@
+"""The batch report, `python -m analysis.report`, on a folder of good and bad files.
+
+The models are seeded random networks saved as checkpoints, so the test rebuilds exactly the same
+networks and checks the report's numbers against direct calls of the library.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+import t2t
+from analysis import attention_stats, faithfulness, redundancy, relevance, report, rollout
+from t2t.data import CLASS_NAMES, LocalStructureDataset
+from t2t.images import open_image, preprocess, sample_images
+
+MODELS = ["t2t_vit_7", "deit_tiny_patch16_224"]
+GOOD = ["nested/cat.jpg", "synthetic_0.png", "synthetic_1.png", "synthetic_2.png"]
+BAD = {"broken.png": "truncated", "garbage.png": "corrupt", "notes.txt": "Not an image file", "empty.jpg": "empty"}
+STEPS = 4  # deletion / insertion steps
+
+
+def make_images(folder: Path) -> None:
+    (folder / "nested").mkdir(parents=True)
+    ds = LocalStructureDataset("test", size=3)
+    for i in range(3):
+        ds.image(i).save(folder / f"synthetic_{i}.png")
+    shutil.copy(sample_images()["cat"], folder / "nested" / "cat.jpg")
+    png = io.BytesIO()
+    ds.image(0).save(png, format="PNG")
+    (folder / "broken.png").write_bytes(png.getvalue()[:300])  # a PNG cut off in its pixel data
+    (folder / "garbage.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)  # a PNG signature, then junk
+    (folder / "notes.txt").write_text("these are not pixels\n")
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / ".hidden.png").write_bytes(b"hidden files are not looked at")
+
+
+def make_checkpoints(folder: Path) -> list[str]:
+    paths = []
+    for seed, name in enumerate(MODELS):
+        torch.manual_seed(seed)
+        model = t2t.create_model(name, num_classes=10)
+        path = folder / f"{name}.safetensors"
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path),
+                  metadata={"class_names": json.dumps(CLASS_NAMES)})  # as t2t.train writes them
+        paths.append(str(path))
+    return paths
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> SimpleNamespace:
+    root = tmp_path_factory.mktemp("report")
+    make_images(root / "images")
+    weights = make_checkpoints(root)
+    out = root / "out"
+    data = report.main(["--models", *MODELS, "--weights", *weights, "--images", str(root / "images"),
+                        "--out", str(out), "--batch-size", "3", "--faithfulness", "--faithfulness-steps", str(STEPS)])
+    with open(out / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    return SimpleNamespace(root=root, out=out, weights=dict(zip(MODELS, weights, strict=True)), data=data,
+                           json=json.loads((out / "results.json").read_text()), rows=rows)
+
+
+def test_writes_every_output(run):
+    for name in ("results.csv", "results.json", "report.html", "figures/summary_blocks.png",
+                 "figures/summary_rollout.png", "figures/summary_faithfulness.png"):
+        assert (run.out / name).stat().st_size > 0, name
+    assert run.json["counts"] == {"files": len(GOOD) + len(BAD), "analysed": len(GOOD), "skipped": len(BAD)}
+
+
+def test_bad_files_are_skipped_with_the_reason(run):
+    skipped = {s["path"]: s["reason"] for s in run.json["skipped"]}
+    assert set(skipped) == set(BAD)
+    for name, words in BAD.items():
+        assert words.lower() in skipped[name].lower(), (name, skipped[name])
+    page = (run.out / "report.html").read_text()
+    for name, reason in skipped.items():
+        assert name in page and reason.split("(")[0].strip() in page
+
+
+def test_csv_has_one_row_per_image_and_model(run):
+    assert sorted((r["image"], r["model"]) for r in run.rows) == sorted((g, m) for g in GOOD for m in MODELS)
+    t2t_row = next(r for r in run.rows if r["model"] == "t2t_vit_7")
+    vit_row = next(r for r in run.rows if r["model"] == "deit_tiny_patch16_224")
+    for metric in (*report.REDUNDANCY_METRICS, *report.ATTENTION_METRICS):
+        assert t2t_row[f"{metric}_b6"] != "" and t2t_row[f"{metric}_b7"] == ""  # 7 blocks
+        assert vit_row[f"{metric}_b11"] != ""  # 12 blocks
+    for method in ("rollout", "grad_rollout", "chefer"):
+        assert 0 <= float(t2t_row[f"{method}_deletion_auc"]) <= 1
+
+
+def test_csv_agrees_with_json(run):
+    by_key = {(r["image"], r["model"]): r for r in run.json["results"]}
+    for row in run.rows:
+        rec = by_key[row["image"], row["model"]]
+        assert int(row["pred_index"]) == rec["pred_index"] and row["pred_class"] == rec["pred_class"]
+        for metric, values in rec["blocks"].items():
+            assert [float(row[f"{metric}_b{i}"]) for i in range(len(values))] == pytest.approx(values)
+            assert float(row[f"{metric}_mean"]) == pytest.approx(sum(values) / len(values))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_numbers_agree_with_direct_library_calls(run, name):
+    model = t2t.create_model(name, pretrained=run.weights[name])
+    cfg = model.default_cfg
+    x = torch.cat([preprocess(open_image(run.root / "images" / g), cfg["mean"], cfg["std"], cfg["img_size"],
+                              cfg["crop_pct"]) for g in GOOD])
+    recs = {r["image"]: r for r in run.json["results"] if r["model"] == name}
+    close = lambda got, want: torch.testing.assert_close(torch.tensor(got), want.float(), rtol=1e-4, atol=1e-5)
+
+    with torch.no_grad():
+        tr = t2t.trace(model, x)
+    probs = tr["logits"].softmax(-1)
+    grid = tr.grid("blocks.0")
+    roll = rollout.cls_rollout(tr.attentions()).view(-1, *grid)
+    metrics = redundancy.trace_metrics(tr, len(model.blocks))
+    profile = attention_stats.attention_profile(tr.attentions(), grid, (16.0, 16.0))
+    grad_roll = rollout.grad_rollout_map(model, x)
+    chefer = relevance.relevance_map(model, x)
+    for i, g in enumerate(GOOD):
+        rec = recs[g]
+        assert rec["pred_index"] == int(probs[i].argmax())
+        assert rec["pred_class"] == CLASS_NAMES[rec["pred_index"]]
+        assert rec["pred_prob"] == pytest.approx(float(probs[i].max()), rel=1e-4)
+        close(rec["maps"]["rollout"], roll[i])
+        close(rec["maps"]["grad_rollout"], grad_roll[i])
+        close(rec["maps"]["chefer"], chefer[i])
+        for metric, values in metrics.items():
+            close(rec["blocks"][metric], values[i])
+        close(rec["blocks"]["attn_distance"], profile["distance"][i].mean(-1))
+        close(rec["heads"]["attn_entropy"], profile["entropy"][i])
+        assert (rec["rollout_peak_row"], rec["rollout_peak_col"]) == divmod(int(roll[i].argmax()), grid[1])
+
+    curves = faithfulness.faithfulness(model, x, grad_roll, steps=STEPS)
+    for i, g in enumerate(GOOD):
+        auc = recs[g]["faithfulness"]["grad_rollout"]
+        assert auc["deletion_auc"] == pytest.approx(float(curves.deletion_auc[i]), abs=1e-4)
+        assert auc["insertion_auc"] == pytest.approx(float(curves.insertion_auc[i]), abs=1e-4)
+
+
+def test_summary_is_the_mean_over_images(run):
+    for name in MODELS:
+        recs = [r for r in run.json["results"] if r["model"] == name]
+        st = run.json["summary"][name]["blocks"]["effective_rank"]
+        want = torch.tensor([r["blocks"]["effective_rank"] for r in recs], dtype=torch.float64).mean(0)
+        torch.testing.assert_close(torch.tensor(st["mean"], dtype=torch.float64), want)
+        assert all(lo <= m <= hi for lo, m, hi in zip(st["ci_low"], st["mean"], st["ci_high"], strict=True))
+
+
+def test_every_figure_is_a_readable_image(run):
+    for rec in run.json["results"]:
+        assert set(rec["figures"]) == {"input", "rollout", "grad_rollout", "chefer"}
+        for rel in rec["figures"].values():
+            with Image.open(run.out / rel) as im:
+                assert im.size == (224, 224)
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("embed", [True, False], ids=["embedded", "linked"])
+def test_report_shows_its_figures_in_chromium(run, browser, embed, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(run.out, out)
+    page_file = report.write_html(run.json, out, embed=embed)
+    html = page_file.read_text()
+    assert ("data:image/" in html) == embed
+    page = browser.new_page()
+    try:
+        page.goto(page_file.as_uri())
+        page.wait_for_load_state("load")
+        sizes = page.evaluate("Array.from(document.images).map(i => [i.getAttribute('alt'), i.naturalWidth])")
+        expected = len(run.json["figures"]) + len(GOOD) * (1 + len(MODELS) * 3)
+        assert len(sizes) == expected
+        assert all(width > 0 for _, width in sizes), [alt for alt, width in sizes if width == 0]
+        assert page.locator("table.skipped tr").count() == 1 + len(BAD)
+        assert "4 images analysed" in page.inner_text("body")
+    finally:
+        page.close()
+
+
+def test_rollout_only(tmp_path, run):
+    out = tmp_path / "out"
+    data = report.main(["--models", "deit_tiny_patch16_224", "--weights", run.weights["deit_tiny_patch16_224"],
+                        "--images", str(run.root / "images" / "synthetic_0.png"), "--out", str(out), "--only",
+                        "rollout", "--html", "link"])
+    (rec,) = data["results"]
+    assert set(rec["maps"]) == {"rollout"} and rec["blocks"] == {} and rec["faithfulness"] == {}
+    header = (out / "results.csv").read_text().splitlines()[0].split(",")
+    assert "rollout_entropy" in header and not any(h.startswith("invalid_fraction") for h in header)
+    assert "data:image" not in (out / "report.html").read_text()
+
+
+def test_only_bad_files_still_gives_a_report(tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "a.jpg").write_text("no")
+    data = report.main(["--models", "deit_tiny_patch16_224", "--weights", "random", "--images", str(bad),
+                        str(tmp_path / "missing.png"), "--out", str(tmp_path / "out")])
+    assert data["counts"]["analysed"] == 0
+    assert {s["reason"] for s in data["skipped"]} >= {"not found"}
+    assert "Skipped files (2)" in (tmp_path / "out" / "report.html").read_text()
+
+
+def test_wrong_arguments_exit_with_a_message(tmp_path):
+    with pytest.raises(SystemExit, match="one per model"):
+        report.main(["--models", *MODELS, "--weights", "random", "random", "random", "--images", str(tmp_path),
+                     "--out", str(tmp_path / "out")])
+    with pytest.raises(SystemExit, match="not found"):
+        report.main(["--models", "t2t_vit_7", "--weights", str(tmp_path / "nope.pth"), "--images", str(tmp_path),
+                     "--out", str(tmp_path / "out")])
+
+
+def test_load_model_falls_back_to_random_weights_only_when_asked(monkeypatch, capsys):
+    monkeypatch.setattr(t2t, "list_embedded", lambda: [])
+    with pytest.raises(t2t.CheckpointError, match="--weights random"):
+        report.load_model("t2t_vit_7", "embedded")
+    model = report.load_model("t2t_vit_7", "embedded", fallback=True)
+    assert "RANDOM weights" in capsys.readouterr().err
+    assert model.default_cfg["weights"].startswith("random") and model.num_classes == 10
+    again = report.load_model("t2t_vit_7", "random")  # seeded: the same network every time
+    torch.testing.assert_close(model.head.weight, again.head.weight)
+
+
+def test_load_model_reads_the_architecture_off_the_checkpoint(run):
+    model = report.load_model("t2t_vit_7", run.weights["deit_tiny_patch16_224"])
+    assert model.default_cfg["name"] == "deit_tiny_patch16_224" and not model.training
+
+
+def test_parse_weights():
+    assert report.parse_weights("embedded") == "embedded"
+    assert report.parse_weights("ImageNet") is True and report.parse_weights("released") is True
+    assert report.parse_weights("random") is None and report.parse_weights(None) is None
+    assert report.parse_weights("https://x/y.pth") == "https://x/y.pth"
+
+
+def test_command_line(tmp_path, run):
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-m", "analysis.report", "--models", "deit_tiny_patch16_224",
+                           "--weights", run.weights["deit_tiny_patch16_224"], "--images",
+                           str(run.root / "images" / "notes.txt"), str(run.root / "images" / "synthetic_1.png"),
+                           "--out", str(out), "--only", "rollout"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "1 images analysed" in done.stderr and "skipped notes.txt: Not an image file" in done.stderr
+    assert (out / "report.html").exists()

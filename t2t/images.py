@@ -14,6 +14,7 @@ import io
 import math
 import os
 import re
+import struct
 import threading
 import warnings
 from dataclasses import dataclass, field
@@ -129,6 +130,11 @@ def open_image(
             raise ImageError(_too_many_pixels_message(str(err), max_pixels)) from err
         except UnidentifiedImageError as err:
             raise ImageError(_not_an_image_message(data)) from err
+        except (OSError, SyntaxError, ValueError, struct.error) as err:
+            # a header cut short or garbled: PIL recognised the format, then failed to parse it
+            raise ImageError(
+                f"The image file is truncated or corrupt: its header cannot be read ({err})."
+            ) from err
     if img.mode in ("RGB", "RGBA", "L", "LA") and max(img.size) > max_side:
         # Shrink before any mode conversion so that works on the small image.
         img.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)

@@ -425,3 +425,11 @@ def test_sample_images_ship_and_open() -> None:
         img = open_image(path)
         assert max(img.size) <= 512 and min(img.size) >= 224
         assert path.name in notice, f"{path.name} has no source/licence entry in NOTICE.md"
+
+
+@pytest.mark.parametrize("cut", [50, 100, 200])
+def test_jpeg_cut_inside_its_header_is_an_image_error(cut):
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), "red").save(buf, "JPEG")
+    with pytest.raises(ImageError, match="truncated or corrupt"):
+        open_image(buf.getvalue()[:cut])

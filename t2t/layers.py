@@ -190,3 +190,51 @@ class TokenPerformer(nn.Module):
     def forward(self, x: Tensor, tape: Tape | None = None) -> Tensor:
         x = self.attend(self.norm1(x), tape)
         return x + self.mlp(self.norm2(x))
+
+
+class ClassTokenBackbone(nn.Module):
+    """What T2T-ViT and ViT share after their stems: class token, position embedding, blocks, head.
+
+    Subclasses define `stem(x, tape) -> (B, N, D)` tokens and `grid(h, w)` of those tokens.
+    """
+
+    num_prefix_tokens = 1
+
+    def stem(self, x: Tensor, tape: Tape | None = None) -> Tensor:
+        raise NotImplementedError
+
+    def grid(self, h: int, w: int) -> tuple[int, int]:
+        raise NotImplementedError
+
+    def forward_tokens(self, x: Tensor, tape: Tape | None = None) -> Tensor:
+        """Image (B, 3, H, W) -> normed tokens (B, 1 + N, D), class token first."""
+        grid = self.grid(*x.shape[-2:])
+        x = self.stem(x, tape)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        x = self.pos_drop(x + self.pos_embed)
+        for i, block in enumerate(self.blocks):
+            x = block(x, tape and tape.scope(f"blocks.{i}.", grid))
+            if tape is not None:
+                tape.record(f"blocks.{i}", x, grid)
+        return self.norm(x)
+
+    def forward_features(self, x: Tensor, tape: Tape | None = None) -> Tensor:
+        """Image -> the normed class token (B, D)."""
+        return self.forward_tokens(x, tape)[:, 0]
+
+    def forward_head(self, features: Tensor) -> Tensor:
+        return self.head(features)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def init_weights(m: nn.Module) -> None:
+    """timm's ViT initialisation: truncated normal linear weights, zero biases, unit LayerNorm."""
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)

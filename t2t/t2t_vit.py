@@ -20,7 +20,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from t2t.layers import Block, TokenPerformer, TokenTransformer, sinusoid_table
+from t2t.layers import Block, ClassTokenBackbone, TokenPerformer, TokenTransformer, init_weights, sinusoid_table
 
 if TYPE_CHECKING:
     from t2t.trace import Tape
@@ -107,11 +107,10 @@ class T2TModule(nn.Module):
         return x
 
 
-class T2TViT(nn.Module):
+class T2TViT(ClassTokenBackbone):
     """T2T module, class token, sinusoid position table, backbone of `depth` blocks, head."""
 
     family = "t2t"
-    num_prefix_tokens = 1
 
     def __init__(self, img_size: int = 224, tokens_type: str = "performer", in_chans: int = 3,
                  num_classes: int = 1000, embed_dim: int = 768, depth: int = 12, num_heads: int = 12,
@@ -134,40 +133,10 @@ class T2TViT(nn.Module):
         self.norm = nn.LayerNorm(embed_dim)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         nn.init.trunc_normal_(self.cls_token, std=0.02)
-        self.apply(_init_weights)
+        self.apply(init_weights)
 
     def grid(self, h: int, w: int) -> tuple[int, int]:
         return self.tokens_to_token.grid(h, w)
 
-    def forward_tokens(self, x: Tensor, tape: Tape | None = None) -> Tensor:
-        """Image (B, 3, H, W) -> normed tokens (B, 1 + N, D), class token first."""
-        grid = self.grid(*x.shape[-2:])
-        x = self.tokens_to_token(x, tape)
-        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
-        x = self.pos_drop(x + self.pos_embed)
-        for i, block in enumerate(self.blocks):
-            x = block(x, tape and tape.scope(f"blocks.{i}.", grid))
-            if tape is not None:
-                tape.record(f"blocks.{i}", x, grid)
-        return self.norm(x)
-
-    def forward_features(self, x: Tensor, tape: Tape | None = None) -> Tensor:
-        """Image -> the normed class token (B, D)."""
-        return self.forward_tokens(x, tape)[:, 0]
-
-    def forward_head(self, features: Tensor) -> Tensor:
-        return self.head(features)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
-
-
-def _init_weights(m: nn.Module) -> None:
-    """timm's ViT initialisation: truncated normal linear weights, zero biases, unit LayerNorm."""
-    if isinstance(m, nn.Linear):
-        nn.init.trunc_normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.LayerNorm):
-        nn.init.ones_(m.weight)
-        nn.init.zeros_(m.bias)
+    def stem(self, x: Tensor, tape: Tape | None = None) -> Tensor:
+        return self.tokens_to_token(x, tape)

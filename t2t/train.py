@@ -112,13 +112,9 @@ def build_model(name: str, img_size: int, num_classes: int) -> nn.Module:
 
 
 def pick_device(name: str) -> torch.device:
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+    from t2t.trace import default_device
+
+    return default_device(None if name == "auto" else name)
 
 
 def hardware(device: torch.device) -> str:

@@ -12,8 +12,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from t2t.layers import Block
-from t2t.t2t_vit import _init_weights
+from t2t.layers import Block, ClassTokenBackbone, init_weights
 
 if TYPE_CHECKING:
     from t2t.trace import Tape
@@ -34,11 +33,10 @@ class PatchEmbed(nn.Module):
         return rearrange(self.proj(x), "b d h w -> b (h w) d")
 
 
-class VisionTransformer(nn.Module):
+class VisionTransformer(ClassTokenBackbone):
     """Patch embedding, class token, learned position embedding, `depth` blocks, head."""
 
     family = "vit"
-    num_prefix_tokens = 1
 
     def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3, num_classes: int = 1000,
                  embed_dim: int = 768, depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0,
@@ -61,31 +59,13 @@ class VisionTransformer(nn.Module):
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
-        self.apply(_init_weights)
+        self.apply(init_weights)
 
     def grid(self, h: int, w: int) -> tuple[int, int]:
         return self.patch_embed.grid(h, w)
 
-    def forward_tokens(self, x: Tensor, tape: Tape | None = None) -> Tensor:
-        """Image (B, 3, H, W) -> normed tokens (B, 1 + N, D), class token first."""
-        grid = self.grid(*x.shape[-2:])
-        x = self.patch_embed(x)
+    def stem(self, x: Tensor, tape: Tape | None = None) -> Tensor:
+        tokens = self.patch_embed(x)
         if tape is not None:
-            tape.record("patch_embed", x, grid)
-        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
-        x = self.pos_drop(x + self.pos_embed)
-        for i, block in enumerate(self.blocks):
-            x = block(x, tape and tape.scope(f"blocks.{i}.", grid))
-            if tape is not None:
-                tape.record(f"blocks.{i}", x, grid)
-        return self.norm(x)
-
-    def forward_features(self, x: Tensor, tape: Tape | None = None) -> Tensor:
-        """Image -> the normed class token (B, D)."""
-        return self.forward_tokens(x, tape)[:, 0]
-
-    def forward_head(self, features: Tensor) -> Tensor:
-        return self.head(features)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
+            tape.record("patch_embed", tokens, self.grid(*x.shape[-2:]))
+        return tokens

@@ -25,8 +25,6 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = ROOT / "screenshots"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync"]
 PAGES = {  # navigation title -> page header
     "Tokens-to-Token, step by step": "Tokens-to-Token, step by step",
     "Attention explorer": "Attention explorer",
@@ -93,16 +91,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         log.close()
 
 
-@pytest.fixture(scope="module")
-def browser(server: str):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+# `browser` is the session-wide Chromium of tests/conftest.py: one playwright per process, since
+# a second sync_playwright() beside a live one fails ("Sync API inside the asyncio loop").
 
 
 def settle(page, started: bool = True) -> None:

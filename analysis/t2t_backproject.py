@@ -184,3 +184,39 @@ def receptive_field_box(
             lo, hi = box[axis]
             box[axis] = [max(lo * st - p, 0), min(hi * st - p + k - 1, grids[s][axis] - 1)]
     return (box[0][0], box[0][1]), (box[1][0], box[1][1])
+
+
+def backproject_stages(token_map: Tensor, trace: Any, image_hw: tuple[int, int], mode: str = "mass",
+                       use_attention: bool = True, residual: bool = True) -> list[tuple[str, Tensor]]:
+    """Walk one backbone map (h, w) back to pixels through the T2T module, keeping every stage.
+
+    Returns [(label, map)] for the backbone grid, then after split 2, attention 2, split 1,
+    attention 1 and split 0 (pixels), as `backproject` does but with the stages in between. The
+    T2T attentions are applied as r^T A through `trace.attention_left_product`, so the Performer's
+    3136 x 3136 map is never formed.
+
+    `residual`: each T2T attention layer adds its input back (`v + proj(attn @ v)`), so, as attention
+    rollout does, A is replaced by A + I with rows re-normalised: (A + I) / 2 where a row of A sums
+    to 1, and the identity where it sums to ~0 (a Performer row whose normaliser underflowed: that
+    token takes nothing from the others). The total is then conserved in "mass" mode.
+    """
+    grids = stage_grids(image_hw)
+    device = trace["logits"].device
+    x = token_map[None].float().cpu()
+    out = [(f"backbone {x.shape[-2]}×{x.shape[-1]}", x[0])]
+    for s in reversed(range(len(T2T_SOFT_SPLITS))):
+        k, stride, p = T2T_SOFT_SPLITS[s]
+        x = split_backproject(x, grids[s], k, stride, p, mode)
+        where = "pixels" if s == 0 else f"{x.shape[-2]}×{x.shape[-1]}"
+        out.append((f"← split {s}: {where}", x[0]))
+        if s > 0 and use_attention:
+            name = f"t2t.attn{s}_map"
+            r = rearrange(x, "b h w -> b (h w)")
+            if residual:
+                r = r / (1 + trace.attention_row_sums(name).float().cpu())  # rows of A + I, re-normalised
+            flat = trace.attention_left_product(name, r.to(device)).float().cpu()
+            if residual:
+                flat = flat + r
+            x = rearrange(flat, "b (h w) -> b h w", h=x.shape[-2])
+            out.append((f"← T2T attention {s}", x[0]))
+    return out

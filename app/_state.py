@@ -446,10 +446,11 @@ def explanation(ctx: Context, lm: LoadedModel, method: str, target: int) -> Tens
 def _explanation_pixels(model_key: str, image_key: str, method: str, target: int, mode: str, _heat: Tensor,
                         _tr: t2t.Trace, family: str) -> tuple[Tensor, list[tuple[str, Tensor]] | None]:
     from analysis.maps import normalize_map, upsample_map
+    from analysis.t2t_backproject import backproject_stages
 
     size = tuple(_tr.image_size)
     if family == "t2t" and mode != "stretch":
-        stages = carry_back(_heat, _tr, size, mode=mode)
+        stages = backproject_stages(_heat, _tr, size, mode=mode)
         return normalize_map(stages[-1][1][None])[0], stages
     return normalize_map(upsample_map(_heat[None], size))[0], None
 
@@ -464,77 +465,6 @@ def explanation_pixels(ctx: Context, lm: LoadedModel, method: str, target: int,
     heat = explanation(ctx, lm, method, target)
     t = -1 if method == "rollout" else target
     return _explanation_pixels(lm.key, ctx.image.key, method, t, mode, heat, ctx.trace(lm), lm.family)
-
-
-def attention_left_product(tr: t2t.Trace, name: str, r: Tensor) -> Tensor:
-    """r^T A for a T2T attention map A of the trace, r (B, N) -> (B, N), without forming A when it can.
-
-    The Performer's A = diag(1 / n) phi(q) phi(k)^T is applied through its factors, O(N m), so the
-    3136 x 3136 map of attention 1 is never built; softmax attention forms the matrix.
-    """
-    lazy = tr.lazy.get(name)
-    if lazy is not None and lazy.kind == "performer":
-        q, k = lazy.q.float(), lazy.k.float()
-        n = q @ k.sum(dim=1)[:, :, None] + lazy.eps  # (B, N, 1)
-        return torch.einsum("bi,bim,bjm->bj", r.to(q) / n[..., 0], q, k)
-    a = tr[name].float()[:, 0]
-    return torch.einsum("bi,bij->bj", r.to(a), a)
-
-
-def attention_row_sums(tr: t2t.Trace, name: str) -> Tensor:
-    """(B, N) sums of the rows of a T2T attention map: 1 for softmax; for the Performer
-    n / (n + eps), which is ~0 where its normaliser n = phi(q_i) . sum_j phi(k_j) underflows
-    (the token then takes nothing from the others and the layer passes on its own value)."""
-    lazy = tr.lazy.get(name)
-    if lazy is not None and lazy.kind == "performer":
-        raw = (lazy.q.float() @ lazy.k.float().sum(dim=1)[:, :, None])[..., 0]
-        return raw / (raw + lazy.eps)
-    return tr[name].float()[:, 0].sum(dim=-1)
-
-
-def carry_back(token_map: Tensor, tr: t2t.Trace, image_hw: tuple[int, int], mode: str = "mass",
-               use_attention: bool = True, residual: bool = True) -> list[tuple[str, Tensor]]:
-    """Walk a backbone map (h, w) back to pixels through the T2T module; every stage's map, in order.
-
-    Split2, attention 2, split1, attention 1, split0, as `analysis.t2t_backproject.backproject`
-    (which gives only the last); attentions via `attention_left_product`.
-
-    `residual`: each T2T attention layer adds its input back (`v + proj(attn @ v)`), so, as attention
-    rollout does, A is replaced by A + I with rows re-normalised: (A + I) / 2 where a row of A sums
-    to 1, and the identity where it sums to ~0 (a Performer row whose normaliser underflowed: such
-    a token takes nothing from the others). The total is then conserved in "mass" mode. Without
-    the residual the map is spread by A alone, as `backproject(residual=False)`, and rows that sum
-    to ~0 lose their share. (`backproject(residual=True)` uses (A + I) / 2 for every row, which
-    loses half of it there.)
-    """
-    from einops import rearrange
-
-    from analysis.t2t_backproject import T2T_SOFT_SPLITS, split_backproject, stage_grids
-
-    grids = stage_grids(image_hw)
-    x = token_map[None].float().cpu()
-    out = [(f"backbone {x.shape[-2]}×{x.shape[-1]}", x[0])]
-    for s in reversed(range(len(T2T_SOFT_SPLITS))):
-        k, stride, p = T2T_SOFT_SPLITS[s]
-        x = split_backproject(x, grids[s], k, stride, p, mode)
-        where = "pixels" if s == 0 else f"{x.shape[-2]}×{x.shape[-1]}"
-        out.append((f"← split {s}: {where}", x[0]))
-        if s > 0 and use_attention:
-            h = x.shape[-2]
-            name = f"t2t.attn{s}_map"
-            r = rearrange(x, "b h w -> b (h w)")
-            if residual:
-                r = r / (1 + attention_row_sums(tr, name).cpu())  # rows of A + I, re-normalised
-            flat = attention_left_product(tr, name, r.to(_device_of(tr))).cpu()
-            if residual:
-                flat = flat + r
-            x = rearrange(flat, "b (h w) -> b h w", h=h)
-            out.append((f"← T2T attention {s}", x[0]))
-    return out
-
-
-def _device_of(tr: t2t.Trace) -> torch.device:
-    return tr["logits"].device
 
 
 @st.cache_resource(max_entries=64, show_spinner=False)

@@ -54,6 +54,31 @@ class LazyAttention:
     def full(self) -> Tensor:
         return self.rows(torch.arange(self.q.shape[1]))
 
+    def row_sums(self) -> Tensor:
+        """(B, N) sums of the rows. 1 for softmax; for the Performer n / (n + eps), which is ~0 where
+        its normaliser n = phi(q_i) . sum_j phi(k_j) underflows: that token takes nothing from the
+        others and the layer passes on its own value."""
+        if self.kind == "softmax":
+            return torch.ones(self.q.shape[:2], dtype=self.q.dtype, device=self.q.device)
+        n = (self.q @ self.k.sum(dim=1)[:, :, None])[..., 0]
+        return n / (n + self.eps)
+
+    def left_product(self, r: Tensor, chunk: int = 512) -> Tensor:
+        """r^T A, (B, N) -> (B, N): where the tokens' weights `r` came from.
+
+        Performer: A = diag(1 / (n + eps)) phi(q) phi(k)^T, applied through its factors in O(N m).
+        Softmax: formed a block of rows at a time, so the 3136 x 3136 map never exists whole.
+        """
+        r = r.to(self.q.dtype)
+        if self.kind == "performer":
+            n = self.q @ self.k.sum(dim=1)[:, :, None] + self.eps  # (B, N, 1)
+            return torch.einsum("bi,bim,bjm->bj", r / n[..., 0], self.q, self.k)
+        out = torch.zeros(r.shape[0], self.k.shape[1], dtype=r.dtype, device=r.device)
+        for start in range(0, self.q.shape[1], chunk):
+            rows = self.rows(torch.arange(start, min(start + chunk, self.q.shape[1])))[:, 0]  # (B, chunk, N)
+            out += torch.einsum("bi,bij->bj", r[:, start:start + rows.shape[1]], rows)
+        return out
+
 
 class Tape:
     """Collects named tensors during one forward; `scope(prefix)` views it under a name prefix."""
@@ -149,6 +174,18 @@ class Trace:
             return self.lazy[name].rows(index)
         index = torch.as_tensor(index).reshape(-1)
         return self[name][:, :, index]
+
+    def attention_left_product(self, name: str, r: Tensor) -> Tensor:
+        """r^T A for an attention map with a single head (the T2T maps): (B, N) -> (B, N)."""
+        name = self._resolve(name)
+        if name in self.lazy:
+            return self.lazy[name].left_product(r)
+        return torch.einsum("bi,bij->bj", r.to(self[name]), self[name][:, 0])
+
+    def attention_row_sums(self, name: str) -> Tensor:
+        """(B, N) row sums of a single-head attention map; see `LazyAttention.row_sums`."""
+        name = self._resolve(name)
+        return self.lazy[name].row_sums() if name in self.lazy else self[name][:, 0].sum(dim=-1)
 
     def grid(self, name: str) -> tuple[int, int]:
         """(h, w) of the token grid of a stage: 56x56, 28x28, 14x14 for T2T-ViT at 224."""

@@ -140,7 +140,7 @@ def attention_figure(name: str, grid: tuple[int, int], rc: tuple[int, int], titl
     clickable(C.add_token_picker(fig, grid, size), key, grid)
     total = float(row.sum())
     if total < 0.5:
-        sums = S.to_numpy(S.attention_row_sums(tr, name)[0])
+        sums = S.to_numpy(tr.attention_row_sums(name)[0])
         st.warning(
             f"This row sums to {total:.2g}, not 1: the Performer's normaliser φ(q)·Σφ(k) underflowed for this "
             f"token, so it takes (almost) nothing from the others and the layer passes on its own value. "

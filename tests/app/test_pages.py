@@ -356,15 +356,15 @@ def test_explanations_page_chosen_class_and_expensive_methods() -> None:
 
 
 def test_carry_back_matches_analysis_backproject() -> None:
-    """The app's stage-by-stage walk ends where analysis.t2t_backproject.backproject_trace does."""
-    from analysis.t2t_backproject import backproject_trace
+    """The stage-by-stage walk the app shows ends where analysis.t2t_backproject.backproject_trace does."""
+    from analysis.t2t_backproject import backproject_stages, backproject_trace
 
     at = run()
     ctx = at.session_state[S.CTX_KEY]
     tr = ctx.trace(ctx.t2t)
     heat = torch.rand(14, 14, generator=torch.Generator().manual_seed(0))
     for mode in ("mass", "coverage"):
-        stages = S.carry_back(heat, tr, (224, 224), mode=mode, residual=False)
+        stages = backproject_stages(heat, tr, (224, 224), mode=mode, residual=False)
         assert [tuple(m.shape) for _, m in stages] == [(14, 14), (28, 28), (28, 28), (56, 56), (56, 56), (224, 224)]
         expected = backproject_trace(heat[None], tr, 224, use_attention=True, mode=mode)[0]
         torch.testing.assert_close(stages[-1][1], expected.float().cpu(), rtol=1e-4, atol=1e-7)
@@ -372,18 +372,20 @@ def test_carry_back_matches_analysis_backproject() -> None:
 
 def test_carry_back_residual_rows_and_mass() -> None:
     """With the residual, each T2T attention acts as (A + I) with re-normalised rows, formed densely here."""
+    from analysis.t2t_backproject import backproject_stages
+
     at = run()
     ctx = at.session_state[S.CTX_KEY]
     tr = ctx.trace(ctx.t2t)
     heat = torch.rand(14, 14, generator=torch.Generator().manual_seed(1))
-    stages = S.carry_back(heat, tr, (224, 224), mode="mass", residual=True)
+    stages = backproject_stages(heat, tr, (224, 224), mode="mass", residual=True)
     for index, name in ((2, "t2t.attn2_map"), (4, "t2t.attn1_map")):
         a = tr[name][0, 0].double().cpu()
         mixed = a + torch.eye(a.shape[0], dtype=a.dtype)
         mixed = mixed / mixed.sum(dim=-1, keepdim=True)
         r = stages[index - 1][1].flatten().double()
         torch.testing.assert_close(stages[index][1].flatten().double(), r @ mixed, rtol=1e-4, atol=1e-9)
-        torch.testing.assert_close(S.attention_row_sums(tr, name)[0].double().cpu(), a.sum(dim=-1),
+        torch.testing.assert_close(tr.attention_row_sums(name)[0].double().cpu(), a.sum(dim=-1),
                                    rtol=1e-4, atol=1e-6)
     totals = [float(m.sum()) for _, m in stages]  # "mass" conserves the total at every stage
     np.testing.assert_allclose(totals, float(heat.sum()), rtol=1e-4)

@@ -211,3 +211,17 @@ def test_device_choice():
 def test_trace_rejects_wrong_rank(t2t_model):
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
         t2t.trace(t2t_model, torch.randn(3, 64, 64))
+
+
+@pytest.mark.parametrize("name", ["t2t_vit_7", "t2t_vit_t_14"])
+def test_left_product_and_row_sums_match_the_formed_map(name):
+    torch.manual_seed(0)
+    model = t2t.create_model(name, img_size=64).eval()
+    tr = t2t.trace(model, torch.randn(2, 3, 64, 64))
+    for stage in ("t2t.attn1_map", "t2t.attn2_map"):
+        a = tr[stage][:, 0]
+        r = torch.rand(a.shape[:2])
+        want = torch.einsum("bi,bij->bj", r, a)
+        assert torch.allclose(tr.attention_left_product(stage, r), want, atol=1e-5)
+        assert torch.allclose(tr.lazy[stage].left_product(r, chunk=100), want, atol=1e-5)  # 3 uneven blocks
+        assert torch.allclose(tr.attention_row_sums(stage), a.sum(-1), atol=1e-5)

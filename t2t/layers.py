@@ -76,7 +76,8 @@ class Attention(nn.Module):
         if tape is None or not tape.attention:
             out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
         else:
-            attn = (q @ k.transpose(-2, -1) * self.scale).softmax(dim=-1)
+            # scale q (N x d) rather than the scores (N x N): one pass less over the larger tensor
+            attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
             tape.record("attn", attn)
             out = attn @ v
         return self.proj(rearrange(out, "b h n d -> b n (h d)"))

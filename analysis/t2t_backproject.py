@@ -35,14 +35,11 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
-# (kernel, stride, padding) of soft_split0, 1, 2 of every T2T-ViT (t2t.t2t_vit.SOFT_SPLITS).
-T2T_SOFT_SPLITS: tuple[tuple[int, int, int], ...] = ((7, 4, 2), (3, 2, 1), (3, 2, 1))
+from t2t.t2t_vit import SOFT_SPLITS as T2T_SOFT_SPLITS  # (kernel, stride, padding) of soft_split0, 1, 2
+from t2t.t2t_vit import grid_after as unfold_out_size  # windows along one side: an unfold's output size
+from t2t.trace import window_box
+
 BACKPROJECT_MODES = ("mass", "coverage")
-
-
-def unfold_out_size(size: int, kernel: int, stride: int, padding: int) -> int:
-    """Number of windows along a side of length `size` (the output size of an unfold)."""
-    return (size + 2 * padding - kernel) // stride + 1
 
 
 def stage_grids(image_hw: tuple[int, int], splits=T2T_SOFT_SPLITS) -> list[tuple[int, int]]:
@@ -173,17 +170,11 @@ def receptive_field_box(
 ) -> tuple[tuple[int, int], tuple[int, int]]:
     """Inclusive pixel box ((y0, y1), (x0, x1)) seen by backbone token (row, col) through the splits.
 
-    Composition, last split first: a window [a, b] on grid s+1 covers positions
-    [a * stride - padding, b * stride - padding + kernel - 1] of grid s, clipped to the grid.
+    The library's `t2t.trace.window_box` (exclusive bounds), in this module's inclusive convention.
     """
-    grids = stage_grids((image_size, image_size) if isinstance(image_size, int) else tuple(image_size), splits)
-    box = [[row, row], [col, col]]
-    for s in reversed(range(len(splits))):
-        k, st, p = splits[s]
-        for axis in (0, 1):
-            lo, hi = box[axis]
-            box[axis] = [max(lo * st - p, 0), min(hi * st - p + k - 1, grids[s][axis] - 1)]
-    return (box[0][0], box[0][1]), (box[1][0], box[1][1])
+    hw = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    top, left, bottom, right = window_box(list(splits), (row, col), hw)
+    return (top, bottom - 1), (left, right - 1)
 
 
 def backproject_stages(token_map: Tensor, trace: Any, image_hw: tuple[int, int], mode: str = "mass",

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from t2t.t2t_vit import SOFT_SPLITS
+from t2t.t2t_vit import SOFT_SPLITS, grid_after
 
 
 @dataclass
@@ -259,40 +259,57 @@ def stage_geometry(model: nn.Module, stage: str) -> list[tuple[int, int, int]]:
     raise KeyError(f"unknown stage {stage!r}; ViT stages: patch_embed, blocks.{{i}}")
 
 
-def receptive_field(model: nn.Module, stage: str, token: int | tuple[int, int],
-                    image_size: int | tuple[int, int] | None = None) -> tuple[int, int, int, int]:
-    """Pixels a token of `stage` sees: (top, left, bottom, right), bottom/right exclusive, clipped.
+def grid_of(geometry: list[tuple[int, int, int]], image_hw: tuple[int, int]) -> tuple[int, int]:
+    """Token grid after the splits of `geometry` applied to an (h, w) image."""
+    h, w = image_hw
+    for k, s, p in geometry:
+        h, w = grid_after(h, k, s, p), grid_after(w, k, s, p)
+    return h, w
 
-    `token` is a flat index into the stage's grid (row-major, no class token) or (row, col).
+
+def window_box(geometry: list[tuple[int, int, int]], token: int | tuple[int, int],
+               image_hw: tuple[int, int]) -> tuple[int, int, int, int]:
+    """Pixels a token sees through the splits of `geometry`: (top, left, bottom, right), exclusive, clipped.
+
     Composes the splits backwards: rows [a, b] of a split's output come from rows
     [a*stride - padding, b*stride - padding + kernel - 1] of its input.
     """
-    size = image_size or model.img_size
-    h, w = (size, size) if isinstance(size, int) else size
-    geometry = stage_geometry(model, stage)
-    grid_h, grid_w = h, w
-    for k, s, p in geometry:
-        grid_h, grid_w = (grid_h + 2 * p - k) // s + 1, (grid_w + 2 * p - k) // s + 1
+    grid_h, grid_w = grid_of(geometry, image_hw)
     row, col = divmod(token, grid_w) if isinstance(token, int) else token
     if not (0 <= row < grid_h and 0 <= col < grid_w):
-        raise IndexError(f"token {token} is outside the {grid_h}x{grid_w} grid of {stage!r}")
+        raise IndexError(f"token {token} is outside the {grid_h}x{grid_w} grid")
     r0 = r1 = row
     c0 = c1 = col
     for k, s, p in reversed(geometry):
         r0, r1 = r0 * s - p, r1 * s - p + k - 1
         c0, c1 = c0 * s - p, c1 * s - p + k - 1
-    return max(r0, 0), max(c0, 0), min(r1 + 1, h), min(c1 + 1, w)
+    return max(r0, 0), max(c0, 0), min(r1 + 1, image_hw[0]), min(c1 + 1, image_hw[1])
+
+
+def _image_hw(model: nn.Module, image_size: int | tuple[int, int] | None) -> tuple[int, int]:
+    size = image_size or model.img_size
+    return (size, size) if isinstance(size, int) else tuple(size)
+
+
+def receptive_field(model: nn.Module, stage: str, token: int | tuple[int, int],
+                    image_size: int | tuple[int, int] | None = None) -> tuple[int, int, int, int]:
+    """Pixels a token of `stage` sees: (top, left, bottom, right), bottom/right exclusive, clipped.
+
+    `token` is a flat index into the stage's grid (row-major, no class token) or (row, col).
+    """
+    try:
+        return window_box(stage_geometry(model, stage), token, _image_hw(model, image_size))
+    except IndexError as err:
+        raise IndexError(f"{err} of {stage!r}") from None
 
 
 def receptive_fields(model: nn.Module, stage: str,
                      image_size: int | tuple[int, int] | None = None) -> Tensor:
     """Boxes of every token of a stage: (h, w, 4) int tensor of (top, left, bottom, right)."""
-    size = image_size or model.img_size
-    hw = (size, size) if isinstance(size, int) else size
-    gh, gw = hw
-    for k, s, p in stage_geometry(model, stage):
-        gh, gw = (gh + 2 * p - k) // s + 1, (gw + 2 * p - k) // s + 1
-    boxes = [receptive_field(model, stage, (r, c), hw) for r in range(gh) for c in range(gw)]
+    hw = _image_hw(model, image_size)
+    geometry = stage_geometry(model, stage)
+    gh, gw = grid_of(geometry, hw)
+    boxes = [window_box(geometry, (r, c), hw) for r in range(gh) for c in range(gw)]
     return torch.tensor(boxes).reshape(gh, gw, 4)
 
 

@@ -392,15 +392,28 @@ def colour_lut(cmap: str = "inferno") -> np.ndarray:
 def overlays(crops: Sequence[np.ndarray], maps: Tensor, alpha: float = 0.6, cmap: str = "inferno") -> list[np.ndarray]:
     """Token-grid maps (B, h, w) blended over the (S, S, 3) images the model saw -> (S, S, 3) uint8 each.
 
-    Maps are upsampled bilinearly to pixels and min-max normalised per image.
+    Maps are upsampled bilinearly to pixels and min-max normalised per image; a pixel of value v
+    gets colour cmap(v) with weight alpha * (0.25 + 0.75 v), so weak values let the image show
+    through. The colouring and blending are PIL's 8-bit palette and `composite` (each pixel within
+    1 of the float formula): this runs beside the models for every image and map, and the float
+    version cost a third as much CPU as the forward passes it competed with.
     """
+    from PIL import Image
+
     from analysis.maps import normalize_map, upsample_map
 
     size = crops[0].shape[:2]
-    heat = normalize_map(upsample_map(maps.float(), size)).numpy()
-    colours = colour_lut(cmap)[np.rint(heat * 255).astype(np.uint8)]  # (B, S, S, 3)
-    weight = alpha * (0.25 + 0.75 * heat[..., None])  # weak values let the image show through
-    return [np.rint(c * (1 - w) + col * w).astype(np.uint8) for c, col, w in zip(crops, colours, weight, strict=True)]
+    heat = normalize_map(upsample_map(maps.float(), size)).numpy()  # (B, S, S) in [0, 1]
+    index = np.rint(heat * 255).astype(np.uint8)
+    weight = np.rint((heat * (0.75 * alpha) + 0.25 * alpha) * 255).astype(np.uint8)
+    palette = colour_lut(cmap).tobytes()
+    pictures = []
+    for crop, idx, w in zip(crops, index, weight, strict=True):
+        colour = Image.fromarray(idx, "L")
+        colour.putpalette(palette)  # an "L" image with a palette becomes a "P" image
+        colour = colour.convert("RGB")
+        pictures.append(np.asarray(Image.composite(colour, Image.fromarray(crop), Image.fromarray(w, "L"))))
+    return pictures
 
 
 def save_picture(array: np.ndarray, path: Path) -> None:

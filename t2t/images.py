@@ -17,7 +17,7 @@ import re
 import struct
 import threading
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -328,7 +328,11 @@ def _rescale_to_uint8(arr: np.ndarray, mode: str) -> np.ndarray:
 
 @dataclass
 class PreprocessSteps:
-    """Every stage of :func:`preprocess`, for showing the preprocessing to a person."""
+    """Every stage of :func:`preprocess`, for showing the preprocessing to a person.
+
+    ``stats`` and ``description`` are computed when first read: a batch job that only wants the
+    tensor does not pay for them (the per-channel std alone costs about as much as the decode).
+    """
 
     original: Image.Image
     resized: Image.Image
@@ -336,8 +340,39 @@ class PreprocessSteps:
     tensor: torch.Tensor  # (1, 3, S, S), normalised
     crop_box: tuple[int, int, int, int]  # (left, top, right, bottom) in ``resized`` pixels
     crop_box_original: tuple[float, float, float, float]  # the same region in ``original`` pixels
-    stats: dict[str, list[float]] = field(default_factory=dict)  # per-channel min/max/mean/std
-    description: list[str] = field(default_factory=list)  # one human-readable line per step
+    mean: Triple
+    std: Triple
+    crop_pct: float
+    interpolation: str
+
+    @functools.cached_property
+    def stats(self) -> dict[str, list[float]]:
+        """Per-channel min / max / mean / std of the normalised tensor."""
+        flat = self.tensor[0].flatten(1)
+        return {
+            "min": flat.min(1).values.tolist(),
+            "max": flat.max(1).values.tolist(),
+            "mean": flat.mean(1).tolist(),
+            "std": flat.std(1, unbiased=False).tolist(),
+        }
+
+    @functools.cached_property
+    def description(self) -> list[str]:
+        """One human-readable line per step."""
+        (w0, h0), (w1, h1), size = self.original.size, self.resized.size, self.cropped.size[0]
+        left, top = self.crop_box[:2]
+        stats = self.stats
+        fmt = lambda v: "(" + ", ".join(f"{t:.3f}" for t in v) + ")"
+        return [
+            f"Original: {w0}x{h0} px.",
+            f"Resized ({self.interpolation}) so the shorter side is {min(w1, h1)} = "
+            f"floor({size} / {self.crop_pct}): {w1}x{h1} px.",
+            f"Centre-cropped {size}x{size} px at (left={left}, top={top}); "
+            f"the crop keeps {size * size / (w1 * h1):.0%} of the resized image.",
+            f"Scaled to [0, 1] and normalised per channel (R, G, B) with mean {fmt(self.mean)} and std "
+            f"{fmt(self.std)}: values now range {min(stats['min']):.2f} to {max(stats['max']):.2f}, "
+            f"channel means {fmt(stats['mean'])}, stds {fmt(stats['std'])}.",
+        ]
 
 
 def resize_size(size: tuple[int, int], shorter: int) -> tuple[int, int]:
@@ -386,26 +421,7 @@ def preprocess_steps(
 
     fx, fy = img.size[0] / new_size[0], img.size[1] / new_size[1]
     box_orig = (box[0] * fx, box[1] * fy, box[2] * fx, box[3] * fy)
-    flat = x[0].flatten(1)
-    stats = {
-        "min": flat.min(1).values.tolist(),
-        "max": flat.max(1).values.tolist(),
-        "mean": flat.mean(1).tolist(),
-        "std": flat.std(1, unbiased=False).tolist(),
-    }
-    kept = img_size * img_size / (new_size[0] * new_size[1])
-    fmt = lambda v: "(" + ", ".join(f"{t:.3f}" for t in v) + ")"
-    description = [
-        f"Original: {img.size[0]}x{img.size[1]} px.",
-        f"Resized ({interpolation}) so the shorter side is {scale_size} = floor({img_size} / {crop_pct}): "
-        f"{new_size[0]}x{new_size[1]} px.",
-        f"Centre-cropped {img_size}x{img_size} px at (left={box[0]}, top={box[1]}); "
-        f"the crop keeps {kept:.0%} of the resized image.",
-        f"Scaled to [0, 1] and normalised per channel (R, G, B) with mean {fmt(mean)} and std {fmt(std)}: "
-        f"values now range {min(stats['min']):.2f} to {max(stats['max']):.2f}, "
-        f"channel means {fmt(stats['mean'])}, stds {fmt(stats['std'])}.",
-    ]
-    return PreprocessSteps(img, resized, cropped, x, box, box_orig, stats, description)
+    return PreprocessSteps(img, resized, cropped, x, box, box_orig, mean, std, crop_pct, interpolation)
 
 
 def preprocess(

@@ -252,3 +252,30 @@ def test_command_line(tmp_path, run):
     assert done.returncode == 0, done.stderr
     assert "1 images analysed" in done.stderr and "skipped notes.txt: Not an image file" in done.stderr
     assert (out / "report.html").exists()
+
+
+def test_overlay_colours_and_weights_follow_the_map():
+    """A map hot at one token: its pixels get the colormap's top colour at weight alpha, the
+    coldest pixels its bottom colour at weight alpha / 4, each within 1 of the float formula."""
+    import numpy as np
+
+    crops = [np.full((224, 224, 3), 100, np.uint8), np.zeros((224, 224, 3), np.uint8)]
+    maps = torch.zeros(2, 14, 14)
+    maps[0, 0, 0] = 1.0
+    maps[1, 13, 13] = 5.0  # min-max normalised per image: the scale does not matter
+    lut = report.colour_lut("inferno").astype(float)
+    a = 0.6
+    out = report.overlays(crops, maps, alpha=a)
+    assert [o.shape for o in out] == [(224, 224, 3)] * 2 and out[0].dtype == np.uint8
+    hot, cold = (0, 0), (223, 223)
+    assert np.abs(out[0][hot] - (100 * (1 - a) + lut[255] * a)).max() <= 1
+    assert np.abs(out[0][cold] - (100 * (1 - a / 4) + lut[0] * a / 4)).max() <= 1
+    assert np.abs(out[1][cold] - lut[255] * a).max() <= 1  # second image: its own map, not the first's
+    assert np.abs(out[1][hot] - lut[0] * a / 4).max() <= 1
+    # a value in between, where bilinear upsampling has spread the hot token
+    from analysis.maps import normalize_map, upsample_map
+
+    heat = float(normalize_map(upsample_map(maps[:1], 224))[0, 0, 15])  # 0.5: halfway between centres
+    assert 0.1 < heat < 0.9
+    w = a * (0.25 + 0.75 * heat)
+    assert np.abs(out[0][0, 15] - (100 * (1 - w) + lut[round(heat * 255)] * w)).max() <= 1

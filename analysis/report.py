@@ -275,10 +275,13 @@ def analyse_batch(model: nn.Module, x: Tensor, opts: Options) -> dict[str, Tenso
     a = opts.analyses
     grad_methods = [m for m in opts.methods if m in GRAD_METHODS] if "explain" in a else []
     need_attention = bool(grad_methods) or "rollout" in a or "attention" in a
+    # only what is read below: the rest of the trace is freed during the forward
+    keep = (["blocks.*.attn"] if need_attention else []) + (
+        [f"blocks.{i}" for i in range(len(model.blocks))] if "redundancy" in a else [])
     gradients: list[Tensor] = []
     if grad_methods:
         with torch.enable_grad():
-            tr = t2t.trace(model, x, attention=True, keep_graph=True)
+            tr = t2t.trace(model, x, attention=True, keep_graph=True, keep=keep)
             logits = tr["logits"]
             target = logits.detach().argmax(dim=-1)
             attentions = tr.attentions()
@@ -286,7 +289,7 @@ def analyse_batch(model: nn.Module, x: Tensor, opts: Options) -> dict[str, Tenso
         attentions = [t.detach() for t in attentions]
     else:
         with torch.inference_mode():
-            tr = t2t.trace(model, x, attention=need_attention)
+            tr = t2t.trace(model, x, attention=need_attention, keep=keep)
         attentions = tr.attentions() if need_attention else []
     logits = tr["logits"].detach().float()
     target = logits.argmax(dim=-1)

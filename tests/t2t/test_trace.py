@@ -54,6 +54,24 @@ def test_trace_without_attention_has_no_maps(t2t_model):
     assert "blocks.0" in tr and "t2t.split1" in tr
 
 
+def test_keep_stores_only_the_names_asked_for(t2t_model):
+    x = torch.randn(2, 3, 64, 64)
+    full = t2t.trace(t2t_model, x)
+    lean = t2t.trace(t2t_model, x, keep=("blocks.*.attn", "t2t.attn2_map"))
+    want = {f"blocks.{i}.attn" for i in range(7)} | {"t2t.attn2_map", "features", "logits"}
+    assert set(lean.names()) == want
+    for name in want:
+        torch.testing.assert_close(lean[name], full[name], rtol=0, atol=0)
+    assert lean.grid("t2t.attn1") == full.grid("t2t.attn1") == (16, 16)  # grids of unkept stages
+    assert lean.grid("blocks.0") == (4, 4)
+    with pytest.raises(KeyError, match="not in this trace"):
+        lean["blocks.0"]
+    assert set(t2t.trace(t2t_model, x, keep=()).names()) == {"features", "logits"}
+    assert set(t2t.trace(t2t_model, x, keep=["blocks.1"]).names()) == {"blocks.1", "features", "logits"}  # not .attn
+    with pytest.raises(TypeError, match="sequence of name patterns"):
+        t2t.trace(t2t_model, x, keep="blocks.*.attn")
+
+
 def test_block_tokens_are_the_stream_between_blocks(t2t_model):
     x = torch.randn(1, 3, 64, 64)
     tr = t2t.trace(t2t_model, x)

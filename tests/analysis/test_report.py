@@ -279,3 +279,18 @@ def test_overlay_colours_and_weights_follow_the_map():
     assert 0.1 < heat < 0.9
     w = a * (0.25 + 0.75 * heat)
     assert np.abs(out[0][0, 15] - (100 * (1 - w) + lut[round(heat * 255)] * w)).max() <= 1
+
+
+def test_batches_are_the_same_decoded_in_a_thread_or_in_line(run):
+    files, _ = report.find_images([run.root / "images"])
+    keys = [report.transform_key(t2t.create_model("deit_tiny_patch16_224", img_size=32))]
+    inline, threaded = (list(report.prepared_batches(files, keys, 3, background=b)) for b in (False, True))
+    assert [len(b) for b in inline] == [len(b) for b in threaded] == [3, 3, 2]
+    for a, b in zip(sum(inline, []), sum(threaded, []), strict=True):
+        assert type(a) is type(b)
+        if isinstance(a, report.Prepared):
+            assert (a.index, a.label) == (b.index, b.label)
+            torch.testing.assert_close(a.inputs[keys[0]], b.inputs[keys[0]], rtol=0, atol=0)
+        else:
+            assert (a.path, a.reason) == (b.path, b.reason)
+    assert sum(isinstance(x, report.Skipped) for x in sum(inline, [])) == len(BAD)

@@ -10,6 +10,8 @@ Shapes: B batch, H heads, T = 1 + N tokens (class token first), h x w = N token 
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor, nn
 
@@ -23,6 +25,13 @@ def token_centres(grid: tuple[int, int], token_stride: float | tuple[float, floa
     sy, sx = (token_stride, token_stride) if isinstance(token_stride, int | float) else token_stride
     ys, xs = torch.meshgrid(torch.arange(grid[0]) * float(sy), torch.arange(grid[1]) * float(sx), indexing="ij")
     return torch.stack([ys.flatten(), xs.flatten()], dim=-1)
+
+
+@functools.lru_cache(maxsize=8)
+def token_distances(grid: tuple[int, int], token_stride: float | tuple[float, float] = 1.0) -> Tensor:
+    """(N, N) Euclidean pixel distances between token centres; cached, as every block reuses it."""
+    centres = token_centres(grid, token_stride)
+    return torch.cdist(centres, centres)
 
 
 def patch_attention(attention: Tensor, num_prefix_tokens: int = 1) -> Tensor:
@@ -46,10 +55,13 @@ def mean_attention_distance(
 
     d_i = sum_j a_ij |c_i - c_j| (Euclidean, token centres c), averaged over the N query tokens.
     """
-    a = patch_attention(attention, num_prefix_tokens)
-    centres = token_centres(grid, token_stride).to(a)
-    dist = torch.cdist(centres, centres)  # (N, N)
-    return (a * dist).sum(dim=-1).mean(dim=-1)
+    a = attention[..., num_prefix_tokens:, num_prefix_tokens:]
+    stride = token_stride if isinstance(token_stride, int | float) else tuple(token_stride)  # hashable
+    dist = token_distances(tuple(grid), stride).to(a)  # (N, N)
+    # sum_j a_ij d_ij / sum_j a_ij: `patch_attention`'s re-normalisation without a normalised copy
+    # of the maps; the weighted sum is a matrix product, one read of the maps instead of three passes
+    weighted = torch.einsum("...ij,ij->...i", a, dist)
+    return (weighted / a.sum(dim=-1).clamp_min(torch.finfo(a.dtype).tiny)).mean(dim=-1)
 
 
 def attention_entropy(attention: Tensor, patches_only: bool = False, num_prefix_tokens: int = 1) -> Tensor:
@@ -71,11 +83,10 @@ def attention_profile(
     num_prefix_tokens: int = 1,
 ) -> dict[str, Tensor]:
     """Both statistics for L blocks' (B, H, T, T) attention -> {"distance", "entropy"}, each (B, L, H)."""
-    a = torch.stack(attentions, dim=1)  # (B, L, H, T, T): one vectorised pass over all blocks
-    return {
-        "distance": mean_attention_distance(a, grid, token_stride, num_prefix_tokens),
-        "entropy": attention_entropy(a),
-    }
+    # block by block: stacking the maps first would copy the largest tensors of the trace
+    distance = [mean_attention_distance(a, grid, token_stride, num_prefix_tokens) for a in attentions]
+    entropy = [attention_entropy(a) for a in attentions]
+    return {"distance": torch.stack(distance, dim=1), "entropy": torch.stack(entropy, dim=1)}
 
 
 def model_attention_profile(model: nn.Module, images: Tensor) -> dict[str, Tensor]:

@@ -28,10 +28,15 @@ def token_centres(grid: tuple[int, int], token_stride: float | tuple[float, floa
 
 
 @functools.lru_cache(maxsize=8)
-def token_distances(grid: tuple[int, int], token_stride: float | tuple[float, float] = 1.0) -> Tensor:
-    """(N, N) Euclidean pixel distances between token centres; cached, as every block reuses it."""
-    centres = token_centres(grid, token_stride)
-    return torch.cdist(centres, centres)
+def _token_distances(grid: tuple[int, int], token_stride: float | tuple[float, float]) -> Tensor:
+    """(N, N) Euclidean pixel distances between token centres; cached, as every block reuses it.
+
+    Shared: never modified in place. Made outside any inference mode, so that a first call under
+    `torch.inference_mode()` does not cache a tensor that later differentiable calls cannot use.
+    """
+    with torch.inference_mode(False), torch.no_grad():
+        centres = token_centres(grid, token_stride)
+        return torch.cdist(centres, centres)
 
 
 def patch_attention(attention: Tensor, num_prefix_tokens: int = 1) -> Tensor:
@@ -57,7 +62,7 @@ def mean_attention_distance(
     """
     a = attention[..., num_prefix_tokens:, num_prefix_tokens:]
     stride = token_stride if isinstance(token_stride, int | float) else tuple(token_stride)  # hashable
-    dist = token_distances(tuple(grid), stride).to(a)  # (N, N)
+    dist = _token_distances(tuple(grid), stride).to(a)  # (N, N)
     # sum_j a_ij d_ij / sum_j a_ij: `patch_attention`'s re-normalisation without a normalised copy
     # of the maps; the weighted sum is a matrix product, one read of the maps instead of three passes
     weighted = torch.einsum("...ij,ij->...i", a, dist)

@@ -222,7 +222,8 @@ def trace(
     keep_graph: keep the autograd graph; every recorded tensor gets `.retain_grad()`, so after
                 `trace["logits"][:, c].sum().backward()` the attention maps carry `.grad`.
     keep:       glob patterns of the names to keep, e.g. ("blocks.*.attn",) for a rollout; default
-                all. "features" and "logits" are always kept, and `grid` knows every stage. A batch
+                all. "features", "logits" (and "input" with keep_graph) are always kept, and `grid`
+                knows every stage; "blocks.last" names the last block, as in lookups. A batch
                 job keeping only what it reads frees the rest as the forward goes (the T2T stages
                 hold 6.3 MB per image at 224 px), so their memory is reused instead of mapped anew.
     """
@@ -230,7 +231,9 @@ def trace(
         raise ValueError(f"images must be (B, 3, H, W), got shape {tuple(images.shape)}")
     if isinstance(keep, str):
         raise TypeError(f"keep takes a sequence of name patterns, e.g. ({keep!r},), not a string")
-    keep = None if keep is None else [*keep, "features", "logits"]
+    if keep is not None:  # the "blocks.last" alias names the last block here too
+        last = f"blocks.{len(model.blocks) - 1}"
+        keep = [k.replace("blocks.last", last) for k in keep] + ["features", "logits"]
     tape = Tape(attention=attention, keep_graph=keep_graph, keep=keep)
     if keep_graph:
         # a leaf that wants grad, so the graph exists even for a frozen model

@@ -78,3 +78,15 @@ def test_profile_stacks_blocks():
     assert prof["distance"].shape == prof["entropy"].shape == (2, 4, 3)
     torch.testing.assert_close(prof["distance"][:, 2], mean_attention_distance(attns[2], (4, 4), 16.0))
     torch.testing.assert_close(prof["entropy"][:, 1], attention_entropy(attns[1]))
+
+
+def test_distance_is_differentiable_after_a_call_under_inference_mode():
+    """The distance matrix is cached: a first call under inference_mode must not poison it."""
+    a = torch.rand(1, 2, 10, 10).softmax(-1)
+    with torch.inference_mode():
+        first = mean_attention_distance(a, (3, 3), 7.5)
+    b = a.clone().requires_grad_(True)
+    d = mean_attention_distance(b, (3, 3), 7.5)
+    d.sum().backward()
+    assert b.grad is not None and torch.isfinite(b.grad).all() and b.grad.abs().sum() > 0
+    torch.testing.assert_close(d.detach(), first)

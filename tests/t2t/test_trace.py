@@ -70,6 +70,9 @@ def test_keep_stores_only_the_names_asked_for(t2t_model):
     assert set(t2t.trace(t2t_model, x, keep=["blocks.1"]).names()) == {"blocks.1", "features", "logits"}  # not .attn
     with pytest.raises(TypeError, match="sequence of name patterns"):
         t2t.trace(t2t_model, x, keep="blocks.*.attn")
+    last = t2t.trace(t2t_model, x, keep=["blocks.last.attn"])  # the lookup alias works in keep too
+    assert set(last.names()) == {"blocks.6.attn", "features", "logits"}
+    torch.testing.assert_close(last["blocks.last.attn"], full["blocks.6.attn"], rtol=0, atol=0)
 
 
 def test_block_tokens_are_the_stream_between_blocks(t2t_model):

@@ -294,3 +294,14 @@ def test_batches_are_the_same_decoded_in_a_thread_or_in_line(run):
         else:
             assert (a.path, a.reason) == (b.path, b.reason)
     assert sum(isinstance(x, report.Skipped) for x in sum(inline, [])) == len(BAD)
+
+
+def test_on_the_cpu_decoding_and_drawing_run_in_line(run, tmp_path, monkeypatch):
+    modes = []
+    real = report.prepared_batches
+    monkeypatch.setattr(report, "prepared_batches", lambda *a: modes.append(a[3]) or real(*a))
+    images = [str(run.root / "images" / name) for name in GOOD[1:3]]
+    data = report.main(["--models", MODELS[0], "--weights", run.weights[MODELS[0]], "--images", *images,
+                        "--out", str(tmp_path / "out"), "--only", "rollout", "--device", "cpu"])
+    assert modes == [False] and data["counts"]["analysed"] == 2
+    assert all((tmp_path / "out" / rec["figures"]["rollout"]).is_file() for rec in data["results"])

@@ -19,7 +19,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from analysis.maps import infer_grid, pool_to_grid, tokens_to_grid
-from analysis.modelio import as_targets, resolve_target
+from analysis.modelio import model_targets, resolve_target
 
 PIXEL_REDUCTIONS = ("abs", "sum", "positive")
 
@@ -93,10 +93,7 @@ def integrated_gradients_pixels(
     `internal_batch_size` bounds how many of the B * n_steps interpolated images go through the
     model at once (memory), without changing the result.
     """
-    if target is None:
-        with torch.no_grad():
-            target = model(images).argmax(dim=-1)
-    target = as_targets(target, images.shape[0], images.device)
+    target = model_targets(model, images, target)
     attr = IntegratedGradients(model).attribute(
         images, baselines=baseline, target=target, n_steps=n_steps, internal_batch_size=internal_batch_size
     )

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from analysis.maps import upsample_map
-from analysis.modelio import as_targets, resolve_target
+from analysis.modelio import model_targets
 
 # score_fn(perturbed (n, C, S, S), image_index (n,) long) -> (n,) class score of each image
 ScoreFn = Callable[[Tensor, Tensor], Tensor]
@@ -159,8 +159,5 @@ def faithfulness(
     score: str = "prob",
 ) -> Curves:
     """Deletion / insertion curves of a model's `target` class (default: predicted) under a map."""
-    if target is None:
-        with torch.no_grad():
-            target = resolve_target(model(images), None)
-    target = as_targets(target, images.shape[0], images.device)
+    target = model_targets(model, images, target)
     return deletion_insertion(model_score_fn(model, target, score), images, saliency, baseline, steps, batch_size)

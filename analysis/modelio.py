@@ -29,6 +29,15 @@ def resolve_target(logits: Tensor, target: int | Tensor | None) -> Tensor:
     return as_targets(target, logits.shape[0], logits.device)
 
 
+def model_targets(model: nn.Module, images: Tensor, target: int | Tensor | None) -> Tensor:
+    """Class index per image, (B,) long: `target` broadcast, or the model's prediction on the
+    (B, 3, S, S) images (one forward without gradients)."""
+    if target is None:
+        with torch.no_grad():
+            return resolve_target(model(images), None)
+    return as_targets(target, images.shape[0], images.device)
+
+
 def run_trace(model: nn.Module, images: Tensor, attention: bool = True, keep_graph: bool = False) -> Any:
     """`t2t.trace(model, images, ...)`, without gradient bookkeeping unless a graph is wanted."""
     import t2t

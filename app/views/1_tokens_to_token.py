@@ -218,12 +218,19 @@ def step_attention1() -> None:
         f"gather information from others. Left: where the chosen query token looks. {how} Right: the output, "
         f"{n0} tokens of 64 numbers, **reshaped back into a 2-D map**: each tile is one of the 64 channels on "
         f"the {g0[0]}×{g0[1]} grid.")
+    attention_columns(1, g0, (r0, c0))
+
+
+def attention_columns(level: int, grid: tuple[int, int], rc: tuple[int, int]) -> None:
+    """T2T attention `level`: the chosen token's attention (left), the output as a 2-D map (right)."""
     a, b = st.columns(2)
     with a:
-        attention_figure("t2t.attn1_map", g0, (r0, c0), "Attention of the chosen token (green box)", "pick_attn1")
+        attention_figure(f"t2t.attn{level}_map", grid, rc, "Attention of the chosen token (green box)",
+                         f"pick_attn{level}")
     with b:
-        C.show(channel_mosaic("t2t.attn1", g0, 64, f"t2t.attn1 as a 2-D map: 64 channels, {g0[0]}×{g0[1]}"),
-               key="mosaic_attn1")
+        C.show(channel_mosaic(f"t2t.attn{level}", grid, 64,
+                              f"t2t.attn{level} as a 2-D map: 64 channels, {grid[0]}×{grid[1]}"),
+               key=f"mosaic_attn{level}")
 
 
 def step_split(level: int) -> None:
@@ -251,12 +258,7 @@ def step_attention2() -> None:
     st.markdown(
         f"**T2T attention 2.** The same kind of layer on the {n1} tokens of soft split 1: a query now looks "
         f"over a {g1[0]}×{g1[1]} grid. Right: its output reshaped to a 2-D map (64 channels).")
-    a, b = st.columns(2)
-    with a:
-        attention_figure("t2t.attn2_map", g1, (r1, c1), "Attention of the chosen token (green box)", "pick_attn2")
-    with b:
-        C.show(channel_mosaic("t2t.attn2", g1, 64, f"t2t.attn2 as a 2-D map: 64 channels, {g1[0]}×{g1[1]}"),
-               key="mosaic_attn2")
+    attention_columns(2, g1, (r1, c1))
 
 
 def step_projection() -> None:

@@ -4,18 +4,27 @@ Formats: the official T2T-ViT release (`.pth.tar` holding `state_dict` / `state_
 keys maybe prefixed `module.`), timm / DeiT `.pth` (maybe under `model`), `.safetensors`;
 from a path or an http(s) URL (downloaded once into the cache, see `t2t.hub`).
 Pickles are never executed: `torch.load(..., weights_only=True)`.
+
+Which dictionary of a training checkpoint: with `use_ema=True` (the default) the EMA weights
+`state_dict_ema` (or `model_ema`, timm's later name) when the file has them, else `state_dict`
+(or `model`, `module`). This is what the official evaluation does (`main.py --eval_checkpoint`
+calls timm's `load_checkpoint(model, path, args.model_ema)` with `--model-ema` on by default)
+and what the official README's `load_for_transfer_learning(..., use_ema=True)` does; the
+released top-1 numbers are those of the EMA weights. The key loaded is logged (logger
+"t2t.weights") and recorded as `model.default_cfg["state_dict_key"]`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import pickle
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import unquote, urlsplit
 
 import torch
@@ -27,20 +36,47 @@ from t2t.registry import MODELS, build_model, get_config
 
 ASSETS = Path(__file__).parent / "assets"
 EMBEDDED = ASSETS / "embedded"
+EMA_KEYS = ("state_dict_ema", "model_ema")  # preferred with use_ema=True, in this order
+PLAIN_KEYS = ("state_dict", "model", "module")  # otherwise, in this order
+
+log = logging.getLogger("t2t.weights")
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read, or that does not fit the model."""
 
 
-def read_checkpoint(source: str | os.PathLike) -> dict[str, Tensor]:
-    """The raw state dict of a file or URL, not yet mapped onto a model."""
-    return read_checkpoint_and_class_names(source)[0]
+class Checkpoint(NamedTuple):
+    """What a checkpoint file holds: its state dict, the class names it carries, and where.
+
+    state_dict_key: the dictionary of a training checkpoint the weights came from
+    ("state_dict_ema", "model_ema", "state_dict", "model", "module"), or None for a flat state
+    dict or a safetensors file.
+    """
+
+    state_dict: dict[str, Tensor]
+    class_names: list[str] | None
+    state_dict_key: str | None
 
 
-def read_checkpoint_and_class_names(source: str | os.PathLike) -> tuple[dict[str, Tensor], list[str] | None]:
-    """The raw state dict, and the class names the checkpoint carries, if any.
+def read_checkpoint(source: str | os.PathLike, use_ema: bool = True) -> dict[str, Tensor]:
+    """The raw state dict of a file or URL, not yet mapped onto a model (EMA weights preferred)."""
+    return load_checkpoint(source, use_ema).state_dict
 
+
+def read_checkpoint_and_class_names(
+    source: str | os.PathLike, use_ema: bool = True
+) -> tuple[dict[str, Tensor], list[str] | None]:
+    """The raw state dict, and the class names the checkpoint carries, if any."""
+    ckpt = load_checkpoint(source, use_ema)
+    return ckpt.state_dict, ckpt.class_names
+
+
+def load_checkpoint(source: str | os.PathLike, use_ema: bool = True) -> Checkpoint:
+    """Read a checkpoint file or URL: state dict, class names and the dictionary used.
+
+    use_ema: take the EMA weights (`state_dict_ema`, then `model_ema`) when present, as the
+    official evaluation does; False takes `state_dict` (then `model`, `module`).
     Class names may sit beside the weights as a `class_names` list of strings (torch checkpoints)
     or as JSON under the `class_names` metadata key (safetensors).
     """
@@ -58,10 +94,14 @@ def read_checkpoint_and_class_names(source: str | os.PathLike) -> tuple[dict[str
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint file is empty (0 bytes): {path}")
     if path.suffix == ".safetensors":
-        return _read_safetensors(path)
-    obj = _read_torch(path)
-    names = obj.get("class_names") if isinstance(obj, dict) else None
-    return _unwrap(obj, path), _as_names(names)
+        state_dict, names = _read_safetensors(path)
+        key = None
+    else:
+        obj = _read_torch(path)
+        names = _as_names(obj.get("class_names") if isinstance(obj, dict) else None)
+        state_dict, key = _unwrap(obj, path, use_ema)
+    log.info("loaded %s from %s", key or "a flat state dict", path.name)
+    return Checkpoint(state_dict, names, key)
 
 
 def _as_names(names: Any) -> list[str] | None:
@@ -126,16 +166,26 @@ def _looks_like_zip(path: Path) -> bool:
         return f.read(4) == b"PK\x03\x04"
 
 
-def _unwrap(obj: Any, path: Path) -> dict[str, Tensor]:
-    """Find the state dict inside a training checkpoint."""
+def _unwrap(obj: Any, path: Path, use_ema: bool = True) -> tuple[dict[str, Tensor], str | None]:
+    """The state dict inside a training checkpoint, and its key (None for a flat state dict).
+
+    With use_ema the EMA keys are tried first (as timm's `load_state_dict(use_ema=True)`, which
+    the official T2T-ViT evaluation calls); without, a file holding only EMA weights is refused
+    rather than silently giving the EMA weights that were not asked for.
+    """
+    key = None
     if isinstance(obj, dict):
-        for key in ("state_dict", "model", "state_dict_ema", "model_ema", "module"):
-            if isinstance(obj.get(key), dict):
-                obj = obj[key]
-                break
+        keys = (EMA_KEYS if use_ema else ()) + PLAIN_KEYS
+        key = next((k for k in keys if isinstance(obj.get(k), dict)), None)
+        if key is None and not use_ema and any(isinstance(obj.get(k), dict) for k in EMA_KEYS):
+            found = ", ".join(k for k in EMA_KEYS if k in obj)
+            raise CheckpointError(f"{path.name} holds only EMA weights ({found}), but use_ema=False asks for "
+                                  "the non-EMA state_dict; load it with use_ema=True")
+        obj = obj[key] if key is not None else obj
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise CheckpointError(f"{path.name} holds no state dict of tensors (found {type(obj).__name__})")
-    return obj
+        where = f" under {key!r}" if key else ""
+        raise CheckpointError(f"{path.name} holds no state dict of tensors{where} (found {type(obj).__name__})")
+    return obj, key
 
 
 def resize_pos_embed(pos_embed: Tensor, grid: tuple[int, int], num_prefix_tokens: int = 1) -> Tensor:
@@ -211,32 +261,38 @@ def list_embedded() -> list[str]:
 
 
 def create_model(name: str, img_size: int | None = None, num_classes: int | None = None,
-                 pretrained: bool | str | os.PathLike | None = None, **overrides: Any) -> nn.Module:
+                 pretrained: bool | str | os.PathLike | None = None, use_ema: bool = True,
+                 **overrides: Any) -> nn.Module:
     """Build a registry model and optionally load weights.
 
     pretrained: None/False  fresh weights;
                 True        the released ImageNet-1k weights (downloaded once into the cache);
                 "embedded"  the project's own model trained on the synthetic dataset, shipped in the repo;
                 a path or http(s) URL of a checkpoint in any supported format.
+    use_ema: from a training checkpoint take the EMA weights (`state_dict_ema` / `model_ema`) when
+             it has them, as the official evaluation does; False takes `state_dict` / `model`.
     num_classes: None takes it from the checkpoint (1000 without one).
-    The model carries `default_cfg` (mean, std, crop, ...) and `class_names` (a list, or None).
+    The model carries `default_cfg` (mean, std, crop, ...; `state_dict_key`: the checkpoint
+    dictionary loaded, None for a flat state dict, safetensors or fresh weights) and
+    `class_names` (a list, or None).
     """
     cfg = get_config(name)
     card: dict[str, Any] = {}
-    state_dict, names = None, None
+    ckpt = None
     if pretrained is True:
         if cfg.url is None:
             raise CheckpointError(f"{name} has no released weights; pass a checkpoint path or URL")
-        state_dict, names = read_checkpoint_and_class_names(cfg.url)
+        ckpt = load_checkpoint(cfg.url, use_ema)
     elif pretrained == "embedded":
         weights, card_path = embedded_files(name)
         if not weights.exists():
             raise CheckpointError(f"no embedded weights for {name}; embedded models: {', '.join(list_embedded())}")
-        state_dict, names = read_checkpoint_and_class_names(weights)
+        ckpt = load_checkpoint(weights, use_ema)
         card = json.loads(card_path.read_text()) if card_path.exists() else {}
         img_size = img_size or card.get("img_size")
     elif pretrained:
-        state_dict, names = read_checkpoint_and_class_names(pretrained)
+        ckpt = load_checkpoint(pretrained, use_ema)
+    state_dict, names = (ckpt.state_dict, ckpt.class_names) if ckpt else (None, None)
     if num_classes is None:
         head = state_dict.get("head.weight", state_dict.get("module.head.weight")) if state_dict else None
         num_classes = head.shape[0] if head is not None else 1000
@@ -245,6 +301,7 @@ def create_model(name: str, img_size: int | None = None, num_classes: int | None
         load_weights(model, state_dict)
         model.default_cfg["weights"] = "embedded" if pretrained == "embedded" else str(
             cfg.url if pretrained is True else pretrained)
+    model.default_cfg["state_dict_key"] = ckpt.state_dict_key if ckpt else None
     model.class_names = _class_names(card.get("class_names") or names, num_classes)
     if card:
         model.default_cfg["card"] = card

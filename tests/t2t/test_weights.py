@@ -15,6 +15,7 @@ import t2t
 from t2t.hub import DownloadError
 from t2t.registry import MODELS
 from t2t.weights import CheckpointError, create_model, matching_model, read_checkpoint, resize_pos_embed
+from tests.t2t.test_fidelity import REFERENCE_DIR, _fill, relative_error
 
 
 @pytest.fixture(autouse=True)
@@ -35,12 +36,14 @@ def source():
 def _write_all_formats(model, folder):
     sd = model.state_dict()
     files = {
-        # the official release: a training checkpoint, DataParallel prefixes, an argparse Namespace
+        # the official release: a training checkpoint, DataParallel prefixes, an argparse Namespace;
+        # the weights to reproduce are the EMA ones (what the official evaluation loads)
         "official.pth.tar": {"epoch": 310, "arch": "t2t_vit_7", "args": argparse.Namespace(lr=1e-3, model="t2t_vit_7"),
-                             "state_dict": {f"module.{k}": v for k, v in sd.items()},
-                             "state_dict_ema": {k: v * 0 for k, v in sd.items()}},
+                             "state_dict": {f"module.{k}": v * 0 for k, v in sd.items()},
+                             "state_dict_ema": {f"module.{k}": v for k, v in sd.items()}},
         "timm.pth": sd,
         "deit.pth": {"model": sd},
+        "timm_ema.pth": {"model": {k: v * 0 for k, v in sd.items()}, "model_ema": sd},
         "ema_only.pth.tar": {"state_dict_ema": sd},
     }
     for name, obj in files.items():
@@ -86,6 +89,49 @@ def test_pretrained_true_uses_the_release_url(source, tmp_path, http_server, mon
     model = create_model("t2t_vit_7", img_size=64, pretrained=True)
     _assert_same(source, model)
     assert model.default_cfg["weights"] == url
+
+
+def _ema_checkpoint(folder, name):
+    """A released-style .pth.tar of fidelity reference `name`: zeros under state_dict, the reference
+    weights under state_dict_ema (with DataParallel prefixes), and the reference meta / tensors."""
+    ref = torch.load(REFERENCE_DIR / f"{name}.pt", weights_only=True)
+    meta = ref["meta"]
+    weights = _fill()(meta["shapes"], meta["seed"])
+    path = folder / f"{name}.pth.tar"
+    torch.save({"epoch": 310, "state_dict": {f"module.{k}": torch.zeros_like(v) for k, v in weights.items()},
+                "state_dict_ema": {f"module.{k}": v for k, v in weights.items()}}, path)
+    return path, meta, ref["tensors"]
+
+
+@pytest.mark.parametrize("name", ["t2t_vit_7", "deit_tiny_patch16_224"])
+def test_ema_weights_are_preferred_as_the_official_evaluation_does(name, tmp_path, caplog):
+    path, meta, want = _ema_checkpoint(tmp_path, name)
+    with caplog.at_level("INFO", logger="t2t.weights"):
+        model = create_model(meta["model"], img_size=meta["img_size"], pretrained=path)
+    assert model.default_cfg["state_dict_key"] == "state_dict_ema"
+    assert "state_dict_ema" in caplog.text and path.name in caplog.text
+    with torch.no_grad():
+        assert relative_error(model(want["input"]), want["logits"]) < 1e-4
+
+    plain = create_model(meta["model"], img_size=meta["img_size"], pretrained=path, use_ema=False)
+    assert plain.default_cfg["state_dict_key"] == "state_dict"
+    assert all(not v.any() for v in plain.state_dict().values())  # the zeros, not the EMA weights
+    with torch.no_grad():
+        assert not plain(want["input"]).any()
+
+
+def test_which_dictionary_is_loaded(source, tmp_path):
+    _write_all_formats(source, tmp_path)
+    keys = {name: create_model("t2t_vit_7", img_size=64, pretrained=tmp_path / name).default_cfg["state_dict_key"]
+            for name in ("official.pth.tar", "timm.pth", "deit.pth", "timm_ema.pth", "weights.safetensors")}
+    assert keys == {"official.pth.tar": "state_dict_ema", "timm.pth": None, "deit.pth": "model",
+                    "timm_ema.pth": "model_ema", "weights.safetensors": None}
+    assert create_model("t2t_vit_7", img_size=64).default_cfg["state_dict_key"] is None
+    # without EMA: model rather than model_ema; a file with EMA weights only is refused, not silently used
+    assert create_model("t2t_vit_7", img_size=64, pretrained=tmp_path / "timm_ema.pth",
+                        use_ema=False).default_cfg["state_dict_key"] == "model"
+    with pytest.raises(CheckpointError, match="only EMA weights .*state_dict_ema.* use_ema=True"):
+        create_model("t2t_vit_7", img_size=64, pretrained=tmp_path / "ema_only.pth.tar", use_ema=False)
 
 
 def test_hub_style_names_do_not_collide_in_the_cache(tmp_path, http_server):

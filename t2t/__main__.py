@@ -1,4 +1,5 @@
-"""`python -m t2t list`: the model table (parameters, GMACs at each model's size, reported top-1)."""
+"""`python -m t2t list`: the model table (parameters, GMACs at each model's size, reported top-1).
+`python -m t2t validate`: top-1 / top-5 of a model on a labelled image folder (see `t2t.validate`)."""
 
 from __future__ import annotations
 
@@ -41,10 +42,23 @@ def model_table() -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from t2t import validate
+
     parser = argparse.ArgumentParser(prog="python -m t2t")
-    parser.add_argument("command", choices=["list"])
-    parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    commands = parser.add_subparsers(dest="command", required=True)
+    table = commands.add_parser("list", help="the model table")
+    table.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    check = commands.add_parser("validate", help="top-1 / top-5 on a labelled image folder (torchrun for many)",
+                                description=validate.__doc__.split("\n")[0])
+    validate.add_arguments(check)
     args = parser.parse_args(argv)
+    if args.command == "validate":
+        validate.check(args, check)
+        try:
+            validate.run(args)
+        except (FileNotFoundError, ValueError) as e:  # a bad data folder or labels, a checkpoint that does not fit
+            raise SystemExit(f"error: {e}") from e
+        return
     rows = model_table()
     if args.markdown:
         print("| model | size | params | GMACs (ours) | GMACs (paper) | top-1 (%) | weights |")

@@ -1,7 +1,18 @@
 import pytest
 import torch
 
-from analysis.rollout import cls_rollout, discard_lowest, fuse_heads, grad_rollout, num_discarded, rollout
+from analysis.rollout import (
+    DEFAULT_DISCARD,
+    DISCARD_RULES,
+    cls_rollout,
+    discard_lowest,
+    fuse_heads,
+    grad_rollout,
+    grad_rollout_map,
+    num_discarded,
+    rollout,
+    rollout_map,
+)
 
 
 def _stack(*heads):
@@ -53,8 +64,8 @@ def test_head_fusions_by_hand():
 def test_discard_drops_the_stated_fraction_of_each_row(ratio, expected):
     torch.manual_seed(0)
     attn = torch.randn(2, 11, 11).softmax(-1)  # T = 11: 10 patch columns per row
-    assert num_discarded(11, ratio) == expected
-    out = discard_lowest(attn, ratio)
+    assert num_discarded(11, ratio, "row") == expected
+    out = discard_lowest(attn, ratio, "row")
     patches, kept = attn[..., 1:], out[..., 1:]
     # exactly `expected` zeros per row, and they are the smallest patch weights
     assert ((kept == 0).sum(-1) == expected).all()
@@ -68,10 +79,10 @@ def test_discard_drops_the_stated_fraction_of_each_row(ratio, expected):
 
 def test_discard_keeps_class_column_even_when_it_is_smallest():
     attn = torch.tensor([[[0.01, 0.5, 0.29, 0.2]]])  # (B=1, one row, T=4)
-    out = discard_lowest(attn, 0.34)  # floor(0.34 * 3) = 1 patch column dropped: the 0.2
+    out = discard_lowest(attn, 0.34, "row")  # floor(0.34 * 3) = 1 patch column dropped: the 0.2
     torch.testing.assert_close(out, torch.tensor([[[0.01, 0.5, 0.29, 0.0]]]))
     with pytest.raises(ValueError):
-        discard_lowest(attn, 1.0)
+        discard_lowest(attn, 1.0, "row")
 
 
 def test_grad_rollout_pairs_each_block_with_its_own_gradient():
@@ -97,8 +108,163 @@ def test_grad_rollout_clamps_negative_evidence_after_head_mean():
         grad_rollout([a, a], [g], discard_ratio=0.0)
 
 
-@pytest.mark.parametrize("kwargs", [{}, {"head_fusion": "max", "discard_ratio": 0.5}, {"start_layer": 2}])
+@pytest.mark.parametrize("kwargs", [{}, {"head_fusion": "max", "discard_ratio": 0.5}, {"start_layer": 2},
+                                    {"discard": "row", "discard_ratio": 0.7}])
 def test_class_row_equals_row_of_full_rollout(kwargs):
     torch.manual_seed(0)
     attns = [torch.randn(2, 3, 9, 9).softmax(-1) for _ in range(4)]
     torch.testing.assert_close(cls_rollout(attns, **kwargs), rollout(attns, **kwargs)[:, 0, 1:])
+
+
+# --- vit-explain's discard rule, against an implementation written from its code --------------
+
+
+def vit_explain_rollout(attentions, discard_ratio, head_fusion):
+    """jacobgil/vit-explain vit_rollout.py `rollout` for one image, (1, H, T, T) maps -> (N,) max-normalised.
+
+    Its method as written, with its one bug fixed: `a / a.sum(dim=-1)` (which divides columns by
+    row sums through broadcasting) becomes a row normalisation with keepdim=True.
+    """
+    result = torch.eye(attentions[0].size(-1), dtype=attentions[0].dtype)
+    with torch.no_grad():
+        for attention in attentions:
+            if head_fusion == "mean":
+                fused = attention.mean(axis=1)
+            elif head_fusion == "max":
+                fused = attention.max(axis=1)[0]
+            else:
+                fused = attention.min(axis=1)[0]
+            flat = fused.view(fused.size(0), -1)
+            _, indices = flat.topk(int(flat.size(-1) * discard_ratio), -1, False)
+            indices = indices[indices != 0]
+            flat[0, indices] = 0
+            eye = torch.eye(fused.size(-1), dtype=fused.dtype)
+            a = (fused + 1.0 * eye) / 2
+            a = a / a.sum(dim=-1, keepdim=True)
+            result = torch.matmul(a, result)
+    mask = result[0, 0, 1:]
+    return mask / mask.max()
+
+
+def vit_explain_grad_rollout(attentions, gradients, discard_ratio):
+    """vit-explain vit_grad_rollout.py `grad_rollout` for one image, with each block's own gradient
+    (its hooks pair them reversed) and rows normalised with keepdim=True (its broadcast bug fixed).
+    Its `indices = indices[indices != 0]` is commented out there: nothing is protected."""
+    result = torch.eye(attentions[0].size(-1), dtype=attentions[0].dtype)
+    with torch.no_grad():
+        for attention, grad in zip(attentions, gradients):
+            fused = (attention * grad).mean(axis=1)
+            fused[fused < 0] = 0
+            flat = fused.view(fused.size(0), -1)
+            _, indices = flat.topk(int(flat.size(-1) * discard_ratio), -1, False)
+            flat[0, indices] = 0
+            eye = torch.eye(fused.size(-1), dtype=fused.dtype)
+            a = (fused + 1.0 * eye) / 2
+            a = a / a.sum(dim=-1, keepdim=True)
+            result = torch.matmul(a, result)
+    mask = result[0, 0, 1:]
+    return mask / mask.max()
+
+
+def _maxnorm(x):
+    return x / x.amax(dim=-1, keepdim=True)
+
+
+def _peaked_attentions(blocks=4, batch=3, heads=3, tokens=17, seed=0):
+    """Softmax maps whose rows differ in sharpness (so the two rules rank differently), float64.
+
+    Heads share most of their logits, as a model's heads share structure, so that min fusion
+    at ratio 0.9 still leaves the class row something to roll out (else both maps are 0 / 0).
+    """
+    g = torch.Generator().manual_seed(seed)
+    shape = (blocks, batch, 1, tokens, tokens)
+    shared = torch.randn(shape, generator=g, dtype=torch.float64)
+    own = torch.randn((blocks, batch, heads, tokens, tokens), generator=g, dtype=torch.float64)
+    sharpness = torch.linspace(3, 0.5, tokens, dtype=torch.float64)[:, None]  # class row sharpest
+    return list(((shared + 0.3 * own) * sharpness).softmax(-1))
+
+
+def test_the_default_rule_is_vit_explains():
+    assert DEFAULT_DISCARD == "vit-explain" and DISCARD_RULES == ("row", "vit-explain")
+
+
+@pytest.mark.parametrize("fusion", ["mean", "max", "min"])
+@pytest.mark.parametrize("ratio", [0.0, 0.5, 0.9])
+def test_vit_explain_rule_equals_vit_rollout_py(fusion, ratio):
+    attns = _peaked_attentions()
+    ours = _maxnorm(cls_rollout(attns, head_fusion=fusion, discard_ratio=ratio, discard="vit-explain"))
+    for i in range(attns[0].shape[0]):  # vit-explain handles one image at a time
+        want = vit_explain_rollout([a[i : i + 1].clone() for a in attns], ratio, fusion)
+        torch.testing.assert_close(ours[i], want, atol=1e-5, rtol=0)
+    torch.testing.assert_close(_maxnorm(rollout(attns, fusion, ratio, discard="vit-explain")[:, 0, 1:]), ours)
+
+
+@pytest.mark.parametrize("ratio", [0.0, 0.5, 0.9])
+def test_vit_explain_rule_equals_vit_grad_rollout_py(ratio):
+    attns = _peaked_attentions(seed=1)
+    g = torch.Generator().manual_seed(2)
+    grads = [torch.randn(a.shape, generator=g) for a in attns]
+    ours = _maxnorm(grad_rollout(attns, grads, ratio, discard="vit-explain"))
+    for i in range(attns[0].shape[0]):
+        want = vit_explain_grad_rollout([a[i : i + 1].clone() for a in attns], [g[i : i + 1] for g in grads], ratio)
+        torch.testing.assert_close(ours[i], want, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("ratio", [0.5, 0.9])
+def test_the_two_rules_differ_and_row_is_not_vit_explain(ratio):
+    attns = _peaked_attentions()
+    row = _maxnorm(cls_rollout(attns, discard_ratio=ratio, discard="row"))
+    flat = _maxnorm(cls_rollout(attns, discard_ratio=ratio, discard="vit-explain"))
+    assert (row - flat).abs().max() > 1e-2
+    want = vit_explain_rollout([a[:1].clone() for a in attns], ratio, "mean")
+    assert (row[0] - want).abs().max() > 1e-2
+
+
+def test_vit_explain_rule_by_hand():
+    # T = 3, 9 entries; ratio 0.5 -> int(4.5) = 4 lowest of the whole map, wherever they are
+    a = torch.tensor([[[0.2, 0.5, 0.3], [0.05, 0.9, 0.06], [0.1, 0.15, 0.75]]])
+    want = torch.tensor([[[0.2, 0.5, 0.3], [0.0, 0.9, 0.0], [0.0, 0.0, 0.75]]])
+    torch.testing.assert_close(discard_lowest(a, 0.5, "vit-explain"), want)
+    assert num_discarded(3, 0.5, "vit-explain") == 4 and num_discarded(3, 0.5, "row") == 1
+    # the row rule: one patch column per row, the class column kept
+    torch.testing.assert_close(discard_lowest(a, 0.5, "row"), torch.tensor([[[0.2, 0.5, 0.0], [0.05, 0.9, 0.0],
+                                                                             [0.1, 0.0, 0.75]]]))
+    # (0, 0) among the 4 lowest: vit_rollout.py spares it and zeroes only the other 3 (0.15 survives);
+    # vit_grad_rollout.py (keep_first=False) zeroes it too
+    a[0, 0, 0] = 0.01
+    kept = torch.tensor([[[0.01, 0.5, 0.3], [0.0, 0.9, 0.0], [0.0, 0.15, 0.75]]])
+    torch.testing.assert_close(discard_lowest(a, 0.5, "vit-explain"), kept)
+    kept[0, 0, 0] = 0.0
+    torch.testing.assert_close(discard_lowest(a, 0.5, "vit-explain", keep_first=False), kept)
+
+
+def test_bad_discard_options_are_refused_before_any_work():
+    attns = _peaked_attentions(blocks=1, batch=1)
+    with pytest.raises(ValueError, match="discard must be one of"):
+        cls_rollout(attns, discard_ratio=0.5, discard="flat")
+    with pytest.raises(ValueError, match="discard_ratio must be in"):
+        grad_rollout(attns, attns, discard_ratio=1.0)
+
+    class NoModel(torch.nn.Module):
+        def forward(self, x):
+            raise AssertionError("the model must not run for a bad option")
+
+    with pytest.raises(ValueError, match="discard must be one of"):
+        rollout_map(NoModel(), torch.zeros(1, 3, 8, 8), discard="rows")
+    with pytest.raises(ValueError, match="discard_ratio"):
+        grad_rollout_map(NoModel(), torch.zeros(1, 3, 8, 8), discard_ratio=-0.1)
+
+
+def test_rollout_map_of_the_embedded_model_equals_vit_rollout_py():
+    t2t = pytest.importorskip("t2t")
+    from t2t.data import LocalStructureDataset
+
+    model = t2t.create_model("t2t_vit_7", pretrained="embedded")
+    ds = LocalStructureDataset("test", size=2)
+    images = torch.stack([ds[i][0] for i in range(2)])
+    with torch.no_grad():
+        attns = t2t.trace(model, images).attentions()
+    ours = rollout_map(model, images, head_fusion="max", discard_ratio=0.9).flatten(1)  # default rule
+    for i in range(2):
+        want = vit_explain_rollout([a[i : i + 1].double() for a in attns], 0.9, "max")
+        torch.testing.assert_close(_maxnorm(ours[i : i + 1].double())[0], want, atol=1e-5, rtol=0)

@@ -121,8 +121,11 @@ def default_source(name: str) -> str:
 
 
 @st.cache_resource(max_entries=8, show_spinner="Loading the model …")
-def load_model(name: str, source: str, location: str, device: str) -> nn.Module:
+def load_model(name: str, source: str, location: str, device: str, use_ema: bool = True) -> nn.Module:
     """A registry model with weights from `source` (a key of WEIGHT_SOURCES), in eval mode on `device`.
+
+    use_ema: from a training checkpoint take `state_dict_ema` when present (the official evaluation's
+    choice); the dictionary loaded is `model.default_cfg["state_dict_key"]`.
 
     Random weights are drawn from a fixed seed so "untrained" means the same model on every load.
     Raises t2t.CheckpointError (or a download error) when the weights cannot be used.
@@ -133,7 +136,7 @@ def load_model(name: str, source: str, location: str, device: str) -> nn.Module:
             model = t2t.create_model(name)
     else:
         pretrained: Any = {"embedded": "embedded", "released": True}.get(source, location)
-        model = t2t.create_model(name, pretrained=pretrained)
+        model = t2t.create_model(name, pretrained=pretrained, use_ema=use_ema)
     return model.eval().to(device)
 
 
@@ -147,10 +150,11 @@ class LoadedModel:
     location: str
     device: str
     model: nn.Module = field(compare=False, repr=False)
+    use_ema: bool = True
 
     @property
     def key(self) -> str:
-        return f"{self.name}|{self.source}|{self.location}|{self.device}"
+        return f"{self.name}|{self.source}|{self.location}|{self.device}|{'ema' if self.use_ema else 'raw'}"
 
     @property
     def trained(self) -> bool:
@@ -198,7 +202,8 @@ class LoadedModel:
         return int(self.model.blocks[0].attn.num_heads)
 
 
-def resolve_model(role: str, name: str, source: str, location: str, device: str) -> tuple[LoadedModel, str | None]:
+def resolve_model(role: str, name: str, source: str, location: str, device: str,
+                  use_ema: bool = True) -> tuple[LoadedModel, str | None]:
     """Load a model; when its weights cannot be used, the default weights and the reason why.
 
     Returns (model, error message or None). A checkpoint that does not fit the model is the usual
@@ -207,8 +212,8 @@ def resolve_model(role: str, name: str, source: str, location: str, device: str)
     if source in ("path", "url", "upload") and not location.strip():
         source, location = default_source(name), ""
     try:
-        model = guarded(load_model, name, source, location.strip(), device)
-        return LoadedModel(role, name, source, location.strip(), device, model), None
+        model = guarded(load_model, name, source, location.strip(), device, use_ema)
+        return LoadedModel(role, name, source, location.strip(), device, model, use_ema), None
     except Exception as err:  # CheckpointError, DownloadError, OSError: all shown to the user as they are
         fallback = default_source(name)
         model = guarded(load_model, name, fallback, "", device)
@@ -577,3 +582,97 @@ def keep_mass(maps: np.ndarray, mass: float = 0.6) -> np.ndarray:
 def scaled_index(index: int, size_from: int, size_to: int) -> int:
     """The cell of a `size_to` grid under cell `index` of a `size_from` grid covering the same image."""
     return min(size_to - 1, index * size_to // size_from)
+
+
+# ----------------------------------------------------------------------------------------------
+# Method options (issue 11: the discard rule by name, IG's completeness), block metrics without
+# the effective rank, and how concentrated the T2T attention is (what the Explanations page says)
+# ----------------------------------------------------------------------------------------------
+
+
+@st.cache_resource(max_entries=64, show_spinner=False)
+def _explanation_opts(model_key: str, image_key: str, method: str, target: int, options: tuple,
+                      _model: nn.Module, _x: Tensor) -> tuple[Tensor, dict[str, float] | None]:
+    from analysis.explain import explain
+
+    kwargs = dict(options)
+    if method == "integrated_gradients":
+        kwargs.setdefault("internal_batch_size", 8)
+    out = explain(method, _model, _x, target=target, **kwargs)
+    if kwargs.get("return_completeness"):
+        heat, comp = out
+        return heat[0].detach().float().cpu(), {"delta": float(comp.delta[0]),
+                                                "output_change": float(comp.output_change[0]),
+                                                "relative_gap": float(comp.relative_gap[0])}
+    return out[0].detach().float().cpu(), None
+
+
+def explanation_with(ctx: Context, lm: LoadedModel, method: str, target: int,
+                     **options: Any) -> tuple[Tensor, dict[str, float] | None]:
+    """`explain(method, ..., **options)` as a token-grid map (h, w), and with
+    `return_completeness=True` IG's {"delta", "output_change", "relative_gap"} (else None)."""
+    return guarded(_explanation_opts, lm.key, ctx.image.key, method, target, tuple(sorted(options.items())),
+                   lm.model, ctx.inputs(lm))
+
+
+@st.cache_resource(max_entries=64, show_spinner=False)
+def _rollout_rule(model_key: str, image_key: str, discard: str, ratio: float, _tr: t2t.Trace) -> Tensor:
+    from analysis.maps import tokens_to_grid
+    from analysis.rollout import cls_rollout
+
+    row = cls_rollout(_tr.attentions(), discard_ratio=ratio, discard=discard)
+    return tokens_to_grid(row, tuple(_tr.grid("blocks.0")))[0].float().cpu()
+
+
+def rollout_with(ctx: Context, lm: LoadedModel, discard: str, ratio: float) -> Tensor:
+    """Attention rollout (h, w) of the cached trace with discard rule `discard` and `ratio`."""
+    return guarded(_rollout_rule, lm.key, ctx.image.key, discard, ratio, ctx.trace(lm))
+
+
+def pixels_of(ctx: Context, lm: LoadedModel, map_id: str, heat: Tensor,
+              mode: str) -> tuple[Tensor, list[tuple[str, Tensor]] | None]:
+    """`explanation_pixels` for a map computed elsewhere, cached under `map_id` (method + options)."""
+    return _explanation_pixels(lm.key, ctx.image.key, map_id, -1, mode, heat, ctx.trace(lm), lm.family)
+
+
+@st.cache_resource(max_entries=32, show_spinner=False)
+def _block_metrics(model_key: str, image_key: str, threshold: float, metrics: tuple[str, ...],
+                   _tr: t2t.Trace) -> dict[str, np.ndarray]:
+    from analysis.redundancy import trace_metrics
+
+    out = trace_metrics(_tr, _tr.num_blocks, rel_threshold=threshold, metrics=metrics)
+    return {k: v[0].float().cpu().numpy() for k, v in out.items()}
+
+
+def block_metrics(ctx: Context, lm: LoadedModel, threshold: float, metrics: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The named redundancy metrics of every block on the current image, each (L,).
+
+    Asking for "effective_rank" computes the exact Roy-Vetterli rank (an eigendecomposition per
+    block): the Feature richness page asks for it only when its toggle is on.
+    """
+    return _block_metrics(lm.key, ctx.image.key, threshold, tuple(metrics), ctx.trace(lm))
+
+
+@st.cache_resource(max_entries=32, show_spinner=False)
+def _t2t_concentration(model_key: str, image_key: str, name: str, share: float, _tr: t2t.Trace) -> dict[str, float]:
+    n = _tr.attention_row_sums(name).shape[1]
+    k = max(1, int(n * share))
+    col = _tr.attention_left_product(name, torch.ones(1, n))[0].float()
+    per_row = []
+    for start in range(0, n, 512):  # rows a block at a time: the 3136 x 3136 map never exists whole
+        rows = _tr.attention_rows(name, torch.arange(start, min(start + 512, n)))[0, 0].float()
+        per_row.append(rows.topk(k, dim=-1).values.sum(-1) / rows.sum(-1).clamp_min(1e-12))
+    rows_share = torch.cat(per_row)
+    return {"tokens": float(n), "top": float(k), "median_row": float(rows_share.median()),
+            "min_row": float(rows_share.min()), "max_row": float(rows_share.max()),
+            "columns": float(col.topk(k).values.sum() / col.sum().clamp_min(1e-12))}
+
+
+def t2t_concentration(ctx: Context, lm: LoadedModel, name: str, share: float = 0.01) -> dict[str, float]:
+    """How much of a T2T attention's weight the top `share` of tokens get, on the current image.
+
+    "median_row" / "min_row" / "max_row": over queries, the weight a query puts on its own top
+    `share` of tokens; "columns": the share of all the map's weight received by the `share` of
+    tokens that receive most (the same few tokens for every query when it is near 1).
+    """
+    return _t2t_concentration(lm.key, ctx.image.key, name, share, ctx.trace(lm))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import functools
 import io
+import re
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -49,17 +50,44 @@ def scale(name: str) -> tuple[tuple[float, str], ...]:
                  for p, c in get_colorscale(name))
 
 
-def show(fig: go.Figure, key: str, on_select: Callable[[], None] | None = None) -> None:
-    """Draw a figure with its own colours (Streamlit's chart theme would replace the colour scales)
-    and no toolbar; with `on_select`, clicking a point of a picker calls it before the rerun.
+def show(fig: go.Figure, key: str, on_select: Callable[[], None] | None = None, filename: str | None = None) -> None:
+    """Draw a figure with its own colours (Streamlit's chart theme would replace the colour scales);
+    with `on_select`, clicking a point of a picker calls it before the rerun.
 
-    No template is set here: assigning one costs ~20 ms of plotly validation per figure; charts set
-    a white background themselves (`CHART`)."""
-    if on_select is None:
-        st.plotly_chart(fig, key=key, theme=None, config={"displayModeBar": False})
-    else:
-        st.plotly_chart(fig, key=key, theme=None, config={"displayModeBar": False}, on_select=on_select,
-                        selection_mode="points")
+    The toolbar holds one button, "Download plot as a png" (2x scale, for slides), named `filename`
+    (default: the key). Axes are fixed: dragging selects nothing and zooms nothing, double-clicking
+    changes nothing, so a figure can never be left zoomed or shrunk with no way back; clicks still
+    pick points. No template is set here: assigning one costs ~20 ms of plotly validation per figure;
+    charts set a white background themselves (`CHART`)."""
+    fig.update_xaxes(fixedrange=True)
+    fig.update_yaxes(fixedrange=True)
+    fig.update_layout(dragmode=False)
+    if st.session_state.get("present"):
+        presentation(fig)
+    st.plotly_chart(fig, key=key, theme=None, config=png_config(filename or key),
+                    **({"on_select": on_select, "selection_mode": "points"} if on_select is not None else {}))
+
+
+def presentation(fig: go.Figure, factor: float = 1.3) -> None:
+    """Presentation mode: every text of a figure and its height `factor` times larger."""
+    fig.update_layout(font_size=round((fig.layout.font.size or 12) * factor),
+                      height=round((fig.layout.height or 420) * factor))
+    if fig.layout.title.text:
+        fig.update_layout(title_font_size=round((fig.layout.title.font.size or FONT["size"]) * factor))
+    for note in fig.layout.annotations or ():
+        note.font.size = round((note.font.size or FONT["size"]) * factor)
+
+
+def png_config(filename: str) -> dict:
+    """Plotly config: a toolbar with only the PNG download (always shown), no scroll or double-click zoom."""
+    return {
+        "displayModeBar": True, "displaylogo": False, "scrollZoom": False, "doubleClick": False,
+        "modeBarButtonsToRemove": ["zoom2d", "pan2d", "select2d", "lasso2d", "zoomIn2d", "zoomOut2d",
+                                   "autoScale2d", "resetScale2d", "toggleSpikelines", "hoverClosestCartesian",
+                                   "hoverCompareCartesian", "zoom", "pan", "resetViews"],
+        "toImageButtonOptions": {"format": "png", "filename": re.sub(r"[^A-Za-z0-9_-]+", "_", filename)[:80],
+                                 "scale": 2},
+    }
 
 
 def png_uri(image: np.ndarray | Image.Image) -> str:
@@ -170,6 +198,26 @@ def add_boxes(fig: go.Figure, boxes: Sequence[Box], color: str, width: float = 2
         ys += [top, top, bottom, bottom, top, None]
     fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name=name, hoverinfo="skip", showlegend=False,
                              line={"color": color, "width": width, "dash": dash or "solid"}))
+    return fig
+
+
+def add_chosen(fig: go.Figure, box: Box, extent: tuple[int, int], height: int, color: str = CHOSEN,
+               name: str = "chosen") -> go.Figure:
+    """The chosen window or token: a thick box on a white halo, and a ring when the box is small on screen.
+
+    A 7 px window of a 224 px image is ~13 px on a 420 px figure, too small to find at a glance from
+    the back of a room; the ring (trace `name` + "_ring", at least 46 px across) marks its place.
+    `extent` (H, W) and `height` (figure pixels) give the box's size on screen.
+    """
+    add_boxes(fig, [box], "white", width=7, name=name + "_halo")
+    add_boxes(fig, [box], color, width=4, name=name)
+    top, left, bottom, right = box
+    on_screen = max(bottom - top, right - left) * height / max(extent)
+    if on_screen < 40:
+        fig.add_trace(go.Scatter(x=[(left + right) / 2], y=[(top + bottom) / 2], mode="markers", name=name + "_ring",
+                                 hoverinfo="skip", showlegend=False,
+                                 marker={"symbol": "circle-open", "size": max(46.0, 2.2 * on_screen),
+                                         "color": color, "line": {"width": 4, "color": color}}))
     return fig
 
 
@@ -322,14 +370,14 @@ def mosaic_figure(maps: np.ndarray, ncols: int, *, labels: Sequence[str] | None 
             continue
         r, c = divmod(i, ncols)
         annotations.append({"x": c * (w + 1) + 0.3, "y": r * (h + 1) + 0.3, "text": text, "showarrow": False,
-                            "xanchor": "left", "yanchor": "top", "font": {"size": 11, "color": "#ffd600"},
+                            "xanchor": "left", "yanchor": "top", "font": {"size": 14, "color": "#ffd600"},
                             "bgcolor": "rgba(0,0,0,0.5)"})
     for r, text in enumerate(row_labels):
         annotations.append({"x": -0.5, "y": r * (h + 1) + h / 2, "text": text, "showarrow": False,
-                            "xanchor": "right", "font": {"size": 13}})
+                            "xanchor": "right", "font": {"size": 14}})
     for c, text in enumerate(col_labels):
         annotations.append({"x": c * (w + 1) + w / 2, "y": -0.5, "text": text, "showarrow": False,
-                            "yanchor": "bottom", "font": {"size": 13}})
+                            "yanchor": "bottom", "font": {"size": 14}})
     if row_labels or col_labels:  # annotations outside the axis ranges are hidden: widen the ranges
         fig.update_xaxes(range=[-1.4 * w if row_labels else 0, size[1]])
         fig.update_yaxes(range=[size[0], -0.6 * h if col_labels else 0])
@@ -466,7 +514,7 @@ def strip_figure(maps: Sequence[np.ndarray], titles: Sequence[str], height: int 
         layout[f"yaxis{ax}"] = {"visible": False, "autorange": "reversed", "scaleanchor": f"x{ax}",
                                 "constrain": "domain"}
         annotations.append({"x": x0 + width / 2, "y": 1.0, "xref": "paper", "yref": "paper", "text": t,
-                            "showarrow": False, "yanchor": "bottom", "font": {"size": 12}})
+                            "showarrow": False, "yanchor": "bottom", "font": {"size": 14}})
     fig.update_layout(height=height, margin={"l": 0, "r": 0, "t": 50, "b": 0}, annotations=annotations,
                       showlegend=False, font=FONT, **layout)
     return fig

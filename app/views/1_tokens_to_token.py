@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import plotly.graph_objects as go
 import streamlit as st
 
 import t2t
@@ -28,7 +29,8 @@ C.explain_text(
     "tokens gradually: a *soft split* gathers **overlapping** windows of pixels into tokens, a small "
     "transformer layer lets those tokens exchange information, the tokens are laid back on a 2-D map and "
     "split again, each time merging 3×3 neighbourhoods. Every image below is computed from the real tensors "
-    "of one forward pass on the chosen image. **Click any image** (or use the sliders) to choose a token. "
+    "of one forward pass on the chosen image. **Click a token on any picture of the image** (or use the "
+    "sliders) to choose it; **click a channel tile** to enlarge that channel. "
     "Look for: how the windows overlap, how far the T2T attention reaches, and how a backbone token of "
     "T2T-ViT sees a wider, overlapping area of the image than a ViT patch."
 )
@@ -82,7 +84,7 @@ c0 = s2.slider(f"token column on the {g0[0]}×{g0[1]} grid of soft split 0", 0, 
 r1, c1 = S.scaled_index(r0, g0[0], g1[0]), S.scaled_index(c0, g0[1], g1[1])
 r2, c2 = S.scaled_index(r0, g0[0], g2[0]), S.scaled_index(c0, g0[1], g2[1])
 st.caption(f"Chosen: token ({r0}, {c0}) of soft split 0 → token ({r1}, {c1}) of soft split 1 → "
-           f"token ({r2}, {c2}) of soft split 2 (the backbone). Click any image to move it.")
+           f"token ({r2}, {c2}) of soft split 2 (the backbone). Click a token on a picture to move it.")
 
 
 def clickable(fig, key: str, grid: tuple[int, int]) -> None:
@@ -108,7 +110,7 @@ def window_figure(stage: str, grid: tuple[int, int], rc: tuple[int, int], title:
     chosen, near = fields(stage, grid, rc)
     fig = C.image_figure(uri, size, title=title)
     C.add_boxes(fig, near, C.NEIGHBOUR, width=1.5, dash="dot", name="neighbours")
-    C.add_boxes(fig, [chosen], C.CHOSEN, width=3, name="chosen")
+    C.add_chosen(fig, chosen, size, 420)
     return C.add_token_picker(fig, grid, size)
 
 
@@ -127,7 +129,18 @@ def zoom_figure(stage: str, grid: tuple[int, int], rc: tuple[int, int], title: s
                        colorbar_title="windows", hover="this pixel is in %{z} of the 9 windows")
     shift = [(t - top, lf - left, b - top, rt - left) for t, lf, b, rt in boxes]
     C.add_boxes(fig, shift[1:], C.NEIGHBOUR, width=1.5, dash="dot")
-    return C.add_boxes(fig, shift[:1], C.CHOSEN, width=3)
+    C.add_chosen(fig, shift[0], cover.shape, 420)
+    # clicking a window's centre makes it the chosen token (its customdata is its (row, col) on `grid`)
+    tokens = [rc, *C.neighbours(*rc, grid)]
+    step = max(1, shift[0][2] - shift[0][0] - overlap_px(stage, grid))  # window stride in pixels
+    fig.add_trace(go.Scatter(
+        x=[(lf + rt) / 2 for _, lf, _, rt in shift], y=[(t + b) / 2 for t, _, b, _ in shift], mode="markers",
+        marker={"size": 0.8 * step * 420 / max(cover.shape), "color": "rgba(255,255,255,0.01)", "symbol": "square"},
+        selected={"marker": {"color": "rgba(255,255,255,0.01)"}}, unselected={"marker": {"opacity": 1}},
+        customdata=[[r, c, r * grid[1] + c] for r, c in tokens], name="pick",
+        hovertemplate="window of token (row %{customdata[0]}, col %{customdata[1]}): click to choose it"
+                      "<extra></extra>"))
+    return fig
 
 
 def attention_figure(name: str, grid: tuple[int, int], rc: tuple[int, int], title: str, key: str) -> None:
@@ -136,7 +149,7 @@ def attention_figure(name: str, grid: tuple[int, int], rc: tuple[int, int], titl
     row = S.to_numpy(tr.attention_rows(name, [index])[0, 0, 0]).reshape(grid)
     fig = C.image_figure(uri, size, title=title)
     C.add_log_heatmap(fig, row * row.size, size, "× uniform", floor=1e-3)
-    C.add_boxes(fig, [C.cell_box(*rc, grid, size)], "#00e676", width=3)
+    C.add_chosen(fig, C.cell_box(*rc, grid, size), size, 420, color="#00e676")
     clickable(C.add_token_picker(fig, grid, size), key, grid)
     total = float(row.sum())
     if total < 0.5:
@@ -166,18 +179,43 @@ def map_window_figure(name: str, grid_in: tuple[int, int], grid_out: tuple[int, 
         return int(top * cell[0]), int(left * cell[1]), int(bottom * cell[0]), int(right * cell[1])
 
     C.add_boxes(fig, [window(*n) for n in C.neighbours(*rc, grid_out)], C.NEIGHBOUR, width=1.5, dash="dot")
-    C.add_boxes(fig, [window(*rc)], C.CHOSEN, width=3)
+    C.add_chosen(fig, window(*rc), size, 420)
     return C.add_token_picker(fig, grid_out, size)
 
 
-def channel_mosaic(name: str, grid: tuple[int, int], count: int, title: str, trace: t2t.Trace = tr,
-                   owner: S.LoadedModel = lm):
+def channel_mosaic(name: str, grid: tuple[int, int], count: int, title: str, key: str, trace: t2t.Trace = tr,
+                   owner: S.LoadedModel = lm) -> None:
+    """The first `count` channels of a step's tokens on their grid; click a tile to enlarge that channel.
+
+    The enlarged channel shows the chosen token and is itself a token picker on `grid`.
+    """
     tokens = S.to_numpy(trace[name][0])[:, :count]  # (N, count)
     maps = tokens.T.reshape(-1, *grid)
-    key = f"{owner.key}|{ctx.image.key}|{name}|{count}"
+    cache_key = f"{owner.key}|{ctx.image.key}|{name}|{count}"
     ncols = int(np.ceil(np.sqrt(len(maps))))
-    mosaic_uri = C.cached_png_uri(key, C.upscale(C.colorize(C.mosaic(maps, ncols), "gray")))
-    return C.mosaic_figure(maps, ncols, title=title, uri=mosaic_uri)
+    mosaic_uri = C.cached_png_uri(cache_key, C.upscale(C.colorize(C.mosaic(maps, ncols), "gray")))
+    chosen_key = f"{key}_channel"
+    channel = st.session_state.get(chosen_key)
+    fig = C.mosaic_figure(maps, ncols, title=title, uri=mosaic_uri, pickable=True, highlight=channel,
+                          hover_names=[f"channel {i}: click to enlarge" for i in range(len(maps))])
+
+    def pick_channel() -> None:
+        picked = C.picked_cell(st.session_state[key]["selection"]["points"], (len(maps), 1))
+        if picked is not None:
+            st.session_state[chosen_key] = picked[0]
+
+    C.show(fig, key=key, on_select=pick_channel)
+    if channel is None or channel >= len(maps):
+        st.caption("Click a tile to enlarge its channel.")
+        return
+    rc = (S.scaled_index(r0, g0[0], grid[0]), S.scaled_index(c0, g0[1], grid[1]))
+    one = C.image_figure(None, size, height=320, title=f"Channel {channel} of {name}, {grid[0]}×{grid[1]}")
+    C.add_grid_heatmap(one, maps[channel], size, colorscale="Greys", opacity=1.0, showscale=False,
+                       hover=f"channel {channel}: %{{z:.3g}}")
+    C.add_chosen(one, C.cell_box(*rc, grid, size), size, 320)
+    clickable(C.add_token_picker(one, grid, size, height=320), f"{key}_one", grid)
+    st.caption(f"Channel {channel} enlarged, the chosen token ({rc[0]}, {rc[1]}) outlined: click a token to "
+               "choose it, or another tile to change the channel.")
 
 
 # ---- the steps ---------------------------------------------------------------------------------------------
@@ -194,8 +232,8 @@ def step_split0() -> None:
         clickable(window_figure("t2t.split0", g0, (r0, c0), "Red: window of the chosen token; blue: its 8 neighbours"),
                   "pick_split0", g0)
     with b:
-        C.show(zoom_figure("t2t.split0", g0, (r0, c0), "Zoomed in: green = pixels shared by windows"),
-               key="zoom_split0")
+        clickable(zoom_figure("t2t.split0", g0, (r0, c0), "Zoomed in: green = pixels shared by windows"),
+                  "zoom_split0", g0)
     index = r0 * g0[1] + c0
     token = tr["t2t.split0"][0, index].reshape(3, 7, 7)  # channel-major (c, ki, kj), as nn.Unfold
     patch = (denormalize(token, lm.cfg["mean"], lm.cfg["std"]).permute(1, 2, 0).numpy() * 255).astype(np.uint8)
@@ -228,9 +266,8 @@ def attention_columns(level: int, grid: tuple[int, int], rc: tuple[int, int]) ->
         attention_figure(f"t2t.attn{level}_map", grid, rc, "Attention of the chosen token (green box)",
                          f"pick_attn{level}")
     with b:
-        C.show(channel_mosaic(f"t2t.attn{level}", grid, 64,
-                              f"t2t.attn{level} as a 2-D map: 64 channels, {grid[0]}×{grid[1]}"),
-               key=f"mosaic_attn{level}")
+        channel_mosaic(f"t2t.attn{level}", grid, 64, f"t2t.attn{level} as a 2-D map: 64 channels, "
+                       f"{grid[0]}×{grid[1]}", key=f"mosaic_attn{level}")
 
 
 def step_split(level: int) -> None:
@@ -284,15 +321,15 @@ def step_projection() -> None:
         C.add_grid_lines(fig, vgrid, size, color="rgba(255,255,255,0.7)")
         C.add_boxes(fig, [C.cell_box(*n, vgrid, size) for n in C.neighbours(vr, vc, vgrid)], C.NEIGHBOUR,
                     width=1.5, dash="dot")
-        C.add_boxes(fig, [C.cell_box(vr, vc, vgrid, size)], C.CHOSEN, width=3)
+        C.add_chosen(fig, C.cell_box(vr, vc, vgrid, size), size, 420)
         clickable(C.add_token_picker(fig, vgrid, size), "pick_vit", vgrid)
     a, b = st.columns(2)
     with a:
-        C.show(channel_mosaic("t2t.project", g2, 64, "T2T-ViT tokens entering the backbone: 64 channels"),
-               key="mosaic_proj")
+        channel_mosaic("t2t.project", g2, 64, "T2T-ViT tokens entering the backbone: 64 channels",
+                       key="mosaic_proj")
     with b:
-        C.show(channel_mosaic("patch_embed", vgrid, 64, "ViT tokens entering the backbone: 64 channels",
-                              trace=vtr, owner=vm), key="mosaic_vit")
+        channel_mosaic("patch_embed", vgrid, 64, "ViT tokens entering the backbone: 64 channels", key="mosaic_vit",
+                       trace=vtr, owner=vm)
     st.caption("Each tile is one channel of the tokens on the token grid (min–max scaled per tile). Look for edges "
                "that continue smoothly from token to token: T2T-ViT's tokens overlap and have been mixed by two "
                "attention layers; ViT embeds each patch on its own.")

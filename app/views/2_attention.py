@@ -73,7 +73,7 @@ with left:
     fig = C.image_figure(uri, size, title=f"{lm.name}: block {block}, {what}, query {who}")
     C.add_log_heatmap(fig, shown * shown.size, size, "× uniform", floor=1e-2 if not top60 else 1e-1)
     if not use_cls:
-        C.add_boxes(fig, [C.cell_box(row, col, grid, size)], "#00e676", width=3)
+        C.add_chosen(fig, C.cell_box(row, col, grid, size), size, 420, color="#00e676")
     C.add_token_picker(fig, grid, size)
 
     def picked_token() -> None:

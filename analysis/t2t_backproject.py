@@ -178,36 +178,81 @@ def receptive_field_box(
 
 
 def backproject_stages(token_map: Tensor, trace: Any, image_hw: tuple[int, int], mode: str = "mass",
-                       use_attention: bool = True, residual: bool = True) -> list[tuple[str, Tensor]]:
-    """Walk one backbone map (h, w) back to pixels through the T2T module, keeping every stage.
+                       use_attention: bool = True, residual: bool = True,
+                       index: int | None = None) -> list[tuple[str, Tensor]]:
+    """Walk backbone maps back to pixels through the T2T module, keeping every stage.
 
     Returns [(label, map)] for the backbone grid, then after split 2, attention 2, split 1,
     attention 1 and split 0 (pixels), as `backproject` does but with the stages in between. The
     T2T attentions are applied as r^T A through `trace.attention_left_product`, so the Performer's
     3136 x 3136 map is never formed.
 
+    Which image's T2T attentions carry which map (never silently image 0's):
+      token_map (h, w), index i   image i of the trace; each stage map is (h', w');
+      token_map (h, w), no index  only for a trace of one image;
+      token_map (B, h, w)         image b's attentions for map b, B = the trace's batch (no
+                                  index); each stage map is (B, h', w').
+    Anything else is a ValueError naming the mismatch.
+
     `residual`: each T2T attention layer adds its input back (`v + proj(attn @ v)`), so, as attention
     rollout does, A is replaced by A + I with rows re-normalised: (A + I) / 2 where a row of A sums
     to 1, and the identity where it sums to ~0 (a Performer row whose normaliser underflowed: that
     token takes nothing from the others). The total is then conserved in "mass" mode.
     """
+    traced = tuple(getattr(trace, "image_size", image_hw))
+    if traced != tuple(image_hw):
+        raise ValueError(f"image_hw {tuple(image_hw)} is not the traced image size {traced}")
     grids = stage_grids(image_hw)
-    device = trace["logits"].device
-    x = token_map[None].float().cpu()
-    out = [(f"backbone {x.shape[-2]}×{x.shape[-1]}", x[0])]
+    logits = trace["logits"]
+    batch, device = logits.shape[0], logits.device
+    x, rows = _maps_for_trace(token_map, batch, index)
+    single = token_map.ndim == 2
+    if tuple(x.shape[-2:]) != grids[-1]:
+        got = tuple(x.shape[-2:])
+        raise ValueError(f"a {tuple(image_hw)} image has a {grids[-1]} backbone grid, got a map of {got}")
+
+    def keep(m: Tensor) -> Tensor:
+        return m[0] if single else m
+
+    out = [(f"backbone {x.shape[-2]}×{x.shape[-1]}", keep(x))]
     for s in reversed(range(len(T2T_SOFT_SPLITS))):
         k, stride, p = T2T_SOFT_SPLITS[s]
         x = split_backproject(x, grids[s], k, stride, p, mode)
         where = "pixels" if s == 0 else f"{x.shape[-2]}×{x.shape[-1]}"
-        out.append((f"← split {s}: {where}", x[0]))
+        out.append((f"← split {s}: {where}", keep(x)))
         if s > 0 and use_attention:
             name = f"t2t.attn{s}_map"
             r = rearrange(x, "b h w -> b (h w)")
             if residual:
-                r = r / (1 + trace.attention_row_sums(name).float().cpu())  # rows of A + I, re-normalised
-            flat = trace.attention_left_product(name, r.to(device)).float().cpu()
+                r = r / (1 + trace.attention_row_sums(name).float().cpu()[rows])  # rows of A + I, re-normalised
+            # r^T A for every image of the trace; maps sit in their images' rows, other rows are 0
+            r_all = r.new_zeros(batch, r.shape[1])
+            r_all[rows] = r
+            flat = trace.attention_left_product(name, r_all.to(device)).float().cpu()[rows]
             if residual:
                 flat = flat + r
             x = rearrange(flat, "b (h w) -> b h w", h=x.shape[-2])
-            out.append((f"← T2T attention {s}", x[0]))
+            out.append((f"← T2T attention {s}", keep(x)))
     return out
+
+
+def _maps_for_trace(token_map: Tensor, batch: int, index: int | None) -> tuple[Tensor, Tensor]:
+    """(b, h, w) float maps on the CPU and the (b,) trace rows (images) whose attentions they take."""
+    if token_map.ndim == 2:
+        if index is None:
+            if batch != 1:
+                raise ValueError(f"the trace holds {batch} images: pass index= (0..{batch - 1}) to say whose T2T "
+                                 f"attentions carry this (h, w) map back, or a ({batch}, h, w) batch of maps")
+            index = 0
+        if not -batch <= index < batch:
+            raise ValueError(f"index {index} is out of range for a trace of {batch} image(s)")
+        return token_map[None].float().cpu(), torch.tensor([index % batch])
+    if token_map.ndim == 3:
+        if index is not None:
+            raise ValueError(f"index={index} picks one image, but a batch of {token_map.shape[0]} maps was given: "
+                             "pass one (h, w) map with index, or the batch without")
+        if token_map.shape[0] != batch:
+            raise ValueError(f"{token_map.shape[0]} maps for a trace of {batch} images: map b is carried back "
+                             "through image b's attentions, so the batch sizes must agree")
+        return token_map.float().cpu(), torch.arange(batch)
+    raise ValueError(f"token_map must be (h, w) or (B, h, w), got shape {tuple(token_map.shape)}")

@@ -104,3 +104,59 @@ def test_mass_is_conserved_with_random_attention_and_coverage_keeps_constants():
 def test_soft_split_geometry_matches_the_model_library():
     t2t_vit = pytest.importorskip("t2t.t2t_vit")
     assert tuple(t2t_vit.SOFT_SPLITS) == T2T_SOFT_SPLITS
+
+
+# --- backproject_stages on a trace of several images ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def three_images():
+    """The embedded T2T-ViT-7 (Performer T2T), three different synthetic images, their joint trace."""
+    t2t = pytest.importorskip("t2t")
+    from t2t.data import LocalStructureDataset
+
+    model = t2t.create_model("t2t_vit_7", pretrained="embedded")
+    ds = LocalStructureDataset("test", size=3)
+    images = torch.stack([ds[i][0] for i in range(3)])
+    with torch.no_grad():
+        trace = t2t.trace(model, images)
+        singles = [t2t.trace(model, images[i : i + 1]) for i in range(3)]
+    maps = torch.rand(3, 14, 14, generator=torch.Generator().manual_seed(0))
+    return trace, singles, maps
+
+
+@pytest.mark.parametrize("mode,residual", [("mass", True), ("coverage", False)])
+def test_stages_of_a_batch_equal_single_image_runs(three_images, mode, residual):
+    from analysis.t2t_backproject import backproject_stages
+
+    trace, singles, maps = three_images
+    batch = backproject_stages(maps, trace, (224, 224), mode=mode, residual=residual)
+    for i in range(3):
+        alone = backproject_stages(maps[i], singles[i], (224, 224), mode=mode, residual=residual)
+        picked = backproject_stages(maps[i], trace, (224, 224), mode=mode, residual=residual, index=i)
+        assert [label for label, _ in batch] == [label for label, _ in alone] == [label for label, _ in picked]
+        for (_, b), (_, a), (_, p) in zip(batch, alone, picked, strict=True):
+            assert b.shape[0] == 3 and p.shape == a.shape == b.shape[1:]
+            torch.testing.assert_close(b[i], a, rtol=1e-4, atol=1e-7)
+            torch.testing.assert_close(p, a, rtol=1e-4, atol=1e-7)
+    # the images' attentions differ, so using image 0's for image 1 would show: the test can fail
+    wrong = backproject_stages(maps[1], singles[0], (224, 224), mode=mode, residual=residual)[-1][1]
+    assert (wrong - batch[-1][1][1]).abs().max() > 1e-3 * batch[-1][1][1].abs().max()
+
+
+def test_stages_refuse_ambiguous_or_mismatched_batches(three_images):
+    from analysis.t2t_backproject import backproject_stages
+
+    trace, singles, maps = three_images
+    with pytest.raises(ValueError, match="holds 3 images: pass index="):
+        backproject_stages(maps[0], trace, (224, 224))
+    with pytest.raises(ValueError, match="2 maps for a trace of 3 images"):
+        backproject_stages(maps[:2], trace, (224, 224))
+    with pytest.raises(ValueError, match="index=1 picks one image, but a batch of 3 maps"):
+        backproject_stages(maps, trace, (224, 224), index=1)
+    with pytest.raises(ValueError, match="index 3 is out of range for a trace of 3"):
+        backproject_stages(maps[0], trace, (224, 224), index=3)
+    with pytest.raises(ValueError, match="must be \\(h, w\\) or \\(B, h, w\\)"):
+        backproject_stages(maps[None], trace, (224, 224))
+    with pytest.raises(ValueError, match="not the traced image size"):
+        backproject_stages(maps[0], singles[0], (256, 256))

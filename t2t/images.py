@@ -35,8 +35,13 @@ ASSETS = Path(__file__).resolve().parent / "assets"
 DEFAULT_MAX_PIXELS = 64_000_000
 #: Images are shrunk so their longer side is at most this; models look at 224 px anyway.
 DEFAULT_MAX_SIDE = 2048
-#: Smaller than this on either side and there is nothing for a 16 px patch grid to see.
-MIN_SIDE = 8
+#: Any decodable image is accepted, down to 1x1 pixel: `preprocess_steps` upsamples it to the
+#: model's size and says by how much (`PreprocessSteps.resize_factor`). Callers may ask for more.
+MIN_SIDE = 1
+#: Longest accepted side : shorter side. The eval transform resizes the *shorter* side to ~248 px
+#: before its centre crop, so a 1 x 2048 strip becomes 248 x 507904 px (measured: 1.6 s, 0.8 GB
+#: peak) of which the crop keeps 1/2048; 256:1 bounds that at 248 x 63488 px.
+MAX_ASPECT = 256
 #: What transparent pixels are composited onto (white, like a browser page behind a PNG).
 BACKGROUND = (255, 255, 255)
 
@@ -110,8 +115,9 @@ def open_image(
     * the size the file declares is checked against ``max_pixels`` *before* decoding, so a tiny
       file claiming 100 000 x 100 000 pixels costs nothing (PIL's global limits are never changed;
       PIL's own ``Image.MAX_IMAGE_PIXELS`` still applies on top of ``max_pixels``);
-    * sides below ``min_side`` are rejected; large images are shrunk so the longer side is at most
-      ``max_side`` (JPEGs are decoded at reduced scale via ``draft`` to bound memory);
+    * sides below ``min_side`` (default 1: any image) and aspect ratios beyond ``MAX_ASPECT`` are
+      rejected; large images are shrunk so the longer side is at most ``max_side`` (JPEGs are
+      decoded at reduced scale via ``draft`` to bound memory);
     * EXIF orientation is applied, animations give their first frame;
     * transparency (RGBA, LA, palette with a transparent colour) is composited onto **white**;
     * CMYK is converted to RGB; 16-bit and 32-bit greyscale is rescaled to 8 bits (not clipped,
@@ -125,6 +131,8 @@ def open_image(
             with Image.open(data, formats=_available_formats()) as opened:
                 _check_size(opened.size, max_pixels, min_side)
                 img = _decode_first_frame(opened, max_side)
+        except ImageError:
+            raise  # our own size checks: already the real cause (ImageError is a ValueError)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
             # PIL refused before we could see the size; its message carries the pixel count.
             raise ImageError(_too_many_pixels_message(str(err), max_pixels)) from err
@@ -188,6 +196,17 @@ def _check_size(size: tuple[int, int], max_pixels: int, min_side: int) -> None:
         )
     if min(w, h) < min_side:
         raise ImageError(f"Image is only {w}x{h} pixels; it needs at least {min_side} pixels on each side.")
+    _check_aspect((w, h))
+
+
+def _check_aspect(size: tuple[int, int]) -> None:
+    w, h = size
+    if max(w, h) > MAX_ASPECT * min(w, h):
+        raise ImageError(
+            f"Image is {w}x{h} pixels, an aspect ratio of {max(w, h) / min(w, h):.0f}:1; at most {MAX_ASPECT}:1 is "
+            f"accepted: the model sees a centred square, less than 1/{MAX_ASPECT} of it, and resizing the whole "
+            "image for that crop would take too much memory. Please crop it closer to a square."
+        )
 
 
 def _mp(pixels: int) -> str:
@@ -255,7 +274,8 @@ def _not_an_image_message(data: io.BytesIO | Path) -> str:
     else:
         for magic, offset, fmt in _SUPPORTED_SIGNATURES:
             if head[offset : offset + len(magic)] == magic:
-                return f"The file looks like a {fmt} image but is corrupt: its header cannot be read."
+                # a cut inside the first chunks and garbled bytes both end here: name both
+                return f"The file looks like a {fmt} image but is truncated or corrupt: its header cannot be read."
         what = "the format is not recognised"
     return f"Not an image file ({what}). Supported formats: {_SUPPORTED_TEXT}."
 
@@ -345,6 +365,17 @@ class PreprocessSteps:
     crop_pct: float
     interpolation: str
 
+    @property
+    def resize_factor(self) -> float:
+        """Resized / original shorter side: above 1 the image was upsampled (a 1x1 image: 248.0 at
+        224 px with crop_pct 0.9), below 1 shrunk."""
+        return min(self.resized.size) / min(self.original.size)
+
+    @property
+    def upsampled(self) -> bool:
+        """Whether the resize enlarged the image, i.e. the model sees interpolated pixels."""
+        return self.resize_factor > 1
+
     @functools.cached_property
     def stats(self) -> dict[str, list[float]]:
         """Per-channel min / max / mean / std of the normalised tensor."""
@@ -363,10 +394,12 @@ class PreprocessSteps:
         left, top = self.crop_box[:2]
         stats = self.stats
         fmt = lambda v: "(" + ", ".join(f"{t:.3f}" for t in v) + ")"
+        factor = self.resize_factor
+        how = "same size" if factor == 1 else f"{'upsampled' if factor > 1 else 'shrunk'} {factor:.3g}x"
         return [
             f"Original: {w0}x{h0} px.",
             f"Resized ({self.interpolation}) so the shorter side is {min(w1, h1)} = "
-            f"floor({size} / {self.crop_pct}): {w1}x{h1} px.",
+            f"floor({size} / {self.crop_pct}): {w1}x{h1} px ({how}).",
             f"Centre-cropped {size}x{size} px at (left={left}, top={top}); "
             f"the crop keeps {size * size / (w1 * h1):.0%} of the resized image.",
             f"Scaled to [0, 1] and normalised per channel (R, G, B) with mean {fmt(self.mean)} and std "
@@ -402,12 +435,15 @@ def preprocess_steps(
 
     Resize the shorter side to ``floor(img_size / crop_pct)`` (aspect kept) with PIL's
     ``interpolation``, centre crop ``img_size``, scale to [0, 1], then ``(x - mean) / std``.
+    Any image from 1x1 pixel up is resized (``resize_factor`` of the result says by how much);
+    aspect ratios beyond ``MAX_ASPECT`` raise :class:`ImageError`.
     """
     if not 0 < crop_pct <= 1:
         raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct}")
     if interpolation not in _INTERPOLATIONS:
         raise ValueError(f"interpolation must be one of {sorted(_INTERPOLATIONS)}, got {interpolation!r}")
     img = to_rgb(img)
+    _check_aspect(img.size)
     scale_size = math.floor(img_size / crop_pct)
     new_size = resize_size(img.size, scale_size)
     resized = img.resize(new_size, _INTERPOLATIONS[interpolation])

@@ -266,7 +266,7 @@ def test_truncated_jpeg(tmp_path: Path) -> None:
 def test_corrupt_header() -> None:
     data = bytearray(_png_bytes(quadrants()))
     data[12:29] = b"\x00" * 17  # wipe the IHDR chunk
-    with pytest.raises(ImageError, match="looks like a PNG image but is corrupt"):
+    with pytest.raises(ImageError, match="looks like a PNG image but is truncated or corrupt"):
         open_image(bytes(data))
 
 
@@ -304,9 +304,64 @@ def test_custom_pixel_limit() -> None:
         open_image(_png_bytes(quadrants()), max_pixels=1000)
 
 
-def test_tiny_image_rejected() -> None:
-    with pytest.raises(ImageError, match=r"only 4x20 pixels; it needs at least 8 pixels on each side"):
-        open_image(_png_bytes(Image.new("RGB", (4, 20))))
+def test_a_size_check_is_reported_as_itself_not_as_corruption() -> None:
+    # a caller's own minimum: the message names it, and never calls a good file corrupt or truncated
+    with pytest.raises(ImageError, match=r"^Image is only 4x20 pixels; it needs at least 8 pixels on each side\.$"):
+        open_image(_png_bytes(Image.new("RGB", (4, 20))), min_side=8)
+    with pytest.raises(ImageError) as err:
+        open_image(_png_bytes(quadrants()), max_pixels=1000)
+    assert "corrupt" not in str(err.value) and "truncated" not in str(err.value)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (1, 7), (7, 1), (1, 256), (3, 5), (4, 20)])
+def test_any_image_of_at_least_one_pixel_opens_and_is_upsampled(size: tuple[int, int]) -> None:
+    rng = np.random.default_rng(sum(size))
+    arr = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    img = open_image(_png_bytes(Image.fromarray(arr)))
+    assert img.size == size and np.array_equal(np.asarray(img), arr)  # decoded as it is
+    steps = preprocess_steps(img, MEAN, STD)  # 224 px, crop 0.9: the shorter side becomes 248
+    assert steps.tensor.shape == (1, 3, 224, 224) and torch.isfinite(steps.tensor).all()
+    assert steps.resize_factor == pytest.approx(248 / min(size)) and steps.upsampled
+    assert f"upsampled {248 / min(size):.3g}x" in "\n".join(steps.description)
+
+
+def test_a_one_pixel_image_becomes_its_colour() -> None:
+    img = open_image(_png_bytes(Image.new("RGB", (1, 1), (100, 150, 200))))
+    steps = preprocess_steps(img, MEAN, STD)
+    assert steps.resize_factor == 248.0 and steps.resized.size == (248, 248)
+    want = torch.tensor([(v / 255 - m) / s for v, m, s in zip((100, 150, 200), MEAN, STD, strict=True)])
+    torch.testing.assert_close(steps.tensor[0], want[:, None, None].expand(3, 224, 224), atol=1e-5, rtol=0)
+
+
+def test_shrinking_and_same_size_are_said_too() -> None:
+    big = preprocess_steps(Image.new("RGB", (496, 600)), MEAN, STD)
+    assert big.resize_factor == 0.5 and not big.upsampled and "shrunk 0.5x" in big.description[1]
+    same = preprocess_steps(Image.new("RGB", (248, 300)), MEAN, STD)
+    assert same.resize_factor == 1 and "(same size)" in same.description[1]
+
+
+def test_extreme_aspect_ratios_are_refused_with_the_reason(tmp_path: Path) -> None:
+    strip = _png_bytes(Image.new("RGB", (1, 257)))
+    with pytest.raises(ImageError, match=r"^Image is 1x257 pixels, an aspect ratio of 257:1; at most 256:1"):
+        open_image(strip)
+    path = tmp_path / "strip.png"
+    path.write_bytes(png_declaring(3000, 2))  # refused from the header, before any pixel is decoded
+    with pytest.raises(ImageError, match=r"aspect ratio of 1500:1"):
+        open_image(path)
+    with pytest.raises(ImageError, match=r"aspect ratio of 300:1"):
+        preprocess_steps(Image.new("RGB", (300, 1)), MEAN, STD)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (1, 9)])
+def test_a_truncated_small_png_is_still_called_truncated(size: tuple[int, int]) -> None:
+    data = _png_bytes(Image.effect_noise(size, 60).convert("RGB"))
+    idat = 8 + 25  # after the signature and the IHDR chunk
+    assert data[idat + 4 : idat + 8] == b"IDAT"
+    pixels = int.from_bytes(data[idat : idat + 4], "big")
+    # inside the IHDR chunk, the IDAT chunk's header, and the compressed pixels
+    for cut in (20, idat + 6, idat + 8 + pixels // 2):
+        with pytest.raises(ImageError, match="truncated"):
+            open_image(data[:cut])
 
 
 # ---------------------------------------------------------------------------------------------

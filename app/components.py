@@ -34,6 +34,9 @@ NEIGHBOUR = "#00e5ff"
 FONT = {"size": 15}
 GRID = {"gridcolor": "#e6e6e6", "zerolinecolor": "#cccccc", "automargin": True}
 CHART = {"plot_bgcolor": "white", "paper_bgcolor": "white"}
+# the legend under the x-axis title, at the bottom of the figure (the bottom margin keeps room for two rows)
+BOTTOM_LEGEND = {"orientation": "h", "yref": "container", "y": 0, "yanchor": "bottom", "x": 0}
+TITLE_CHARS = 44  # a 15 px title line this long fits a half-width figure at 1280 px
 
 
 @functools.cache
@@ -62,6 +65,13 @@ def show(fig: go.Figure, key: str, on_select: Callable[[], None] | None = None, 
     fig.update_xaxes(fixedrange=True)
     fig.update_yaxes(fixedrange=True)
     fig.update_layout(dragmode=False)
+    if fig.layout.title.text:  # the title just above the plot, the toolbar's row above it: no overlap
+        text = fig.layout.title.text if "<br>" in fig.layout.title.text else wrap(fig.layout.title.text, TITLE_CHARS)
+        lines = text.count("<br>") + 1
+        top = fig.layout.margin.t if fig.layout.margin.t is not None else 80
+        size = fig.layout.title.font.size or FONT["size"]
+        fig.update_layout(title={"text": text, "y": 1, "yref": "paper", "yanchor": "bottom", "pad": {"b": 6}},
+                          margin={"t": max(top, 30 + 1.4 * size * lines)})
     if st.session_state.get("present"):
         presentation(fig)
     st.plotly_chart(fig, key=key, theme=None, config=png_config(filename or key),
@@ -136,7 +146,8 @@ def add_grid_heatmap(fig: go.Figure, values: np.ndarray, extent: tuple[int, int]
         z=values, x0=dx / 2, dx=dx, y0=dy / 2, dy=dy, opacity=opacity, colorscale=scale(colorscale), zmin=zmin,
         zmax=zmax,
         showscale=showscale, hovertemplate=hover + "<extra></extra>",
-        colorbar={"title": {"text": colorbar_title}, "thickness": 12, "len": 0.8} if showscale else None,
+        colorbar={"title": {"text": colorbar_title, "side": "right"}, "thickness": 12, "len": 0.8}
+        if showscale else None,
     ))
     return fig
 
@@ -156,7 +167,7 @@ def add_log_heatmap(fig: go.Figure, ratio: np.ndarray, extent: tuple[int, int], 
     fig.add_trace(go.Heatmap(
         z=z, customdata=ratio, x0=dx / 2, dx=dx, y0=dy / 2, dy=dy, opacity=opacity, colorscale=scale("Inferno"),
         zmin=float(np.log10(floor)), zmax=top, hovertemplate="%{customdata:.3g}" + unit + "<extra></extra>",
-        colorbar={"title": {"text": unit}, "thickness": 12, "len": 0.8, "tickvals": ticks,
+        colorbar={"title": {"text": unit, "side": "right"}, "thickness": 12, "len": 0.8, "tickvals": ticks,
                   "ticktext": [f"{10 ** t:g}×" for t in ticks]},
     ))
     return fig
@@ -213,7 +224,7 @@ def add_chosen(fig: go.Figure, box: Box, extent: tuple[int, int], height: int, c
     add_boxes(fig, [box], color, width=4, name=name)
     top, left, bottom, right = box
     on_screen = max(bottom - top, right - left) * height / max(extent)
-    if on_screen < 40:
+    if on_screen < 48:
         fig.add_trace(go.Scatter(x=[(left + right) / 2], y=[(top + bottom) / 2], mode="markers", name=name + "_ring",
                                  hoverinfo="skip", showlegend=False,
                                  marker={"symbol": "circle-open", "size": max(46.0, 2.2 * on_screen),
@@ -429,13 +440,13 @@ def topk_figure(pairs: Sequence[tuple[str, float]], title: str, color: str, heig
     fig = go.Figure(go.Bar(x=probs, y=names, orientation="h", marker_color=color,
                            text=[f"{p:.1%}" for p in probs], textposition="auto",
                            hovertemplate="%{y}: %{x:.2%}<extra></extra>"))
-    fig.update_layout(height=height, margin={"l": 0, "r": 10, "t": 40, "b": 30}, title={"text": title, "font": FONT},
+    fig.update_layout(height=height, margin={"l": 0, "r": 10, "t": 40, "b": 70}, title={"text": title, "font": FONT},
                       xaxis={"range": [0, 1], "tickformat": ".0%", "title": "probability", **GRID},
                       yaxis={"automargin": True}, font=FONT, **CHART)
     return fig
 
 
-def depth_figure(series: dict[str, tuple[np.ndarray, str]], title: str, ytitle: str, height: int = 300,
+def depth_figure(series: dict[str, tuple[np.ndarray, str]], title: str, ytitle: str, height: int = 380,
                  relative: bool = True, yrange: tuple[float, float] | None = None) -> go.Figure:
     """Lines of a metric across depth, one per model: {label: (values (L,), colour)}.
 
@@ -449,14 +460,14 @@ def depth_figure(series: dict[str, tuple[np.ndarray, str]], title: str, ytitle: 
         fig.add_trace(go.Scatter(x=x, y=values, mode="lines+markers", name=label, line={"color": color, "width": 3},
                                  customdata=np.arange(n),
                                  hovertemplate="block %{customdata}: %{y:.3g}<extra>" + label + "</extra>"))
-    fig.update_layout(height=height, margin={"l": 10, "r": 10, "t": 40, "b": 10}, title={"text": title, "font": FONT},
+    fig.update_layout(height=height, margin={"l": 10, "r": 10, "t": 40, "b": 110}, title={"text": title, "font": FONT},
                       xaxis={"title": "relative depth (first block → last)" if relative else "block", **GRID},
                       yaxis={"title": ytitle, "range": list(yrange) if yrange else None, **GRID},
-                      legend={"orientation": "h", "y": -0.45}, font=FONT, **CHART)
+                      legend=BOTTOM_LEGEND, font=FONT, **CHART)
     return fig
 
 
-def head_scatter(values: dict[str, tuple[np.ndarray, str]], title: str, ytitle: str, height: int = 320,
+def head_scatter(values: dict[str, tuple[np.ndarray, str]], title: str, ytitle: str, height: int = 400,
                  highlight: tuple[str, int, int] | None = None) -> go.Figure:
     """One dot per head and block, per model: {label: ((L, H) values, colour)}; x = relative depth."""
     fig = go.Figure()
@@ -476,9 +487,9 @@ def head_scatter(values: dict[str, tuple[np.ndarray, str]], title: str, ytitle: 
                                      marker={"color": "rgba(0,0,0,0)", "size": 18, "line": {"color": "black",
                                                                                           "width": 3}},
                                      hoverinfo="skip"))
-    fig.update_layout(height=height, margin={"l": 10, "r": 10, "t": 40, "b": 10}, title={"text": title, "font": FONT},
+    fig.update_layout(height=height, margin={"l": 10, "r": 10, "t": 40, "b": 110}, title={"text": title, "font": FONT},
                       xaxis={"title": "relative depth (first block → last)", **GRID}, yaxis={"title": ytitle, **GRID},
-                      legend={"orientation": "h", "y": -0.45}, font=FONT, **CHART)
+                      legend=BOTTOM_LEGEND, font=FONT, **CHART)
     return fig
 
 
@@ -487,7 +498,7 @@ def matrix_figure(values: np.ndarray, xtitle: str, ytitle: str, title: str, heig
     """A labelled matrix (rows = y blocks, columns = x blocks), e.g. CKA; blocks numbered from 0 as elsewhere."""
     ny, nx = values.shape
     fig = go.Figure(go.Heatmap(z=values, x=np.arange(nx), y=np.arange(ny), colorscale=scale("Viridis"),
-                               zmin=zmin, zmax=zmax, colorbar={"title": {"text": "CKA"}},
+                               zmin=zmin, zmax=zmax, colorbar={"title": {"text": "CKA", "side": "right"}},
                                hovertemplate=f"{ytitle} %{{y}}, {xtitle} %{{x}}: %{{z:.2f}}<extra></extra>"))
     fig.update_layout(height=height, margin={"l": 0, "r": 0, "t": 40, "b": 40}, title={"text": title, "font": FONT},
                       xaxis={"title": xtitle, "dtick": 1, "automargin": True},
@@ -496,7 +507,7 @@ def matrix_figure(values: np.ndarray, xtitle: str, ytitle: str, title: str, heig
     return fig
 
 
-def strip_figure(maps: Sequence[np.ndarray], titles: Sequence[str], height: int = 230,
+def strip_figure(maps: Sequence[np.ndarray], titles: Sequence[str], height: int = 260,
                  colorscale: str = "Inferno") -> go.Figure:
     """Maps of different resolutions side by side, each in its own square panel (one figure)."""
     n = len(maps)
@@ -513,13 +524,72 @@ def strip_figure(maps: Sequence[np.ndarray], titles: Sequence[str], height: int 
         layout[f"xaxis{ax}"] = {"domain": [x0, x0 + width], "visible": False, "constrain": "domain"}
         layout[f"yaxis{ax}"] = {"visible": False, "autorange": "reversed", "scaleanchor": f"x{ax}",
                                 "constrain": "domain"}
-        annotations.append({"x": x0 + width / 2, "y": 1.0, "xref": "paper", "yref": "paper", "text": t,
-                            "showarrow": False, "yanchor": "bottom", "font": {"size": 14}})
-    fig.update_layout(height=height, margin={"l": 0, "r": 0, "t": 50, "b": 0}, annotations=annotations,
+        annotations.append({"x": x0 + width / 2, "y": 1.0, "xref": "paper", "yref": "paper", "text": wrap(t, 12),
+                            "showarrow": False, "xanchor": "center", "yanchor": "bottom", "font": {"size": 14}})
+    fig.update_layout(height=height, margin={"l": 0, "r": 0, "t": 80, "b": 0}, annotations=annotations,
                       showlegend=False, font=FONT, **layout)
     return fig
+
+
+def wrap(text: str, width: int) -> str:
+    """Words joined into lines of at most ~`width` characters, with plotly's <br> between lines."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and len(lines[-1]) + 1 + len(word) <= width:
+            lines[-1] += " " + word
+        else:
+            lines.append(word)
+    return "<br>".join(lines)
 
 
 def explain_text(text: str) -> None:
     """The short explanation for students at the top of a page, in a quiet box."""
     st.info(text, icon=":material/school:")
+
+
+# ----------------------------------------------------------------------------------------------
+# What the models know
+# ----------------------------------------------------------------------------------------------
+
+
+def domain_warning(lm, image, what: str = "This image") -> str | None:
+    """Why a prediction of model `lm` (an app LoadedModel) on `image` (an ImageChoice) means little, or None.
+
+    The project-trained models know only the synthetic shape classes: a photo gets a forced choice
+    among shapes. ImageNet models know no shape class. Random weights know nothing.
+    """
+    from t2t.data.synthetic import CLASS_NAMES
+
+    synthetic = image.key.startswith("synthetic:")
+    names = lm.class_names
+    who = f"{lm.role} ({lm.name}, {lm.weights_label})"
+    if lm.source == "random":
+        return f"{who} has random weights: its answer means nothing."
+    if list(names) == list(CLASS_NAMES) and not synthetic:
+        return (f"{what} is not one of the synthetic shapes, and {who} knows only the {len(names)} shape "
+                f"classes: its answer is a forced choice among them, not what the image shows. For photos, "
+                "choose *ImageNet-1k (download)* weights in the sidebar.")
+    if list(names) != list(CLASS_NAMES) and synthetic:
+        return (f"{who} knows the {len(names)} classes it was trained on, none of which is a synthetic shape: "
+                "its answer is the nearest of those classes, not the shape.")
+    return None
+
+
+def domain_notice(lm, image, short: bool = False) -> None:
+    """`domain_warning` shown as a warning (short: one line, for beside each map)."""
+    text = domain_warning(lm, image)
+    if text is None:
+        return
+    if short:
+        st.caption(f":warning: {lm.role}: outside what it was trained on (see above); this map explains a "
+                   "forced choice." if lm.source != "random" else f":warning: {lm.role} has random weights.")
+    else:
+        st.warning(text)
+
+
+def class_list(models) -> None:
+    """The classes each model of the pair can answer with, in a folded box."""
+    with st.expander("The classes these models know"):
+        for lm in models:
+            names = lm.class_names
+            st.markdown(f"**{lm.role}** ({lm.name}, {lm.weights_label}), {len(names)} classes: " + ", ".join(names))

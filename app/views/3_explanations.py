@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from inspect import signature
+
 import numpy as np
 import streamlit as st
 
+from analysis.rollout import DISCARD_RULES, cls_rollout
 from app import _state as S
 from app import components as C
 
@@ -16,9 +19,9 @@ C.explain_text(
     "important first, and watch the class probability (**deletion AUC**: lower is better, the score should "
     "collapse quickly); or start from a blurred image and put the pixels back (**insertion AUC**: higher is "
     "better). For T2T-ViT, the 14×14 map of the backbone is **carried back through the T2T module**, through "
-    "the soft splits and the T2T attention, instead of being stretched like ViT's patches. Look for: do the "
-    "two models look at the same object? Is the T2T-ViT map sharper at edges? Does a better-looking map also "
-    "score better?"
+    "the soft splits and the T2T attention, instead of being stretched like ViT's patches. Compare: do the "
+    "two models look at the same object, and does the better-looking map also score better? Below each "
+    "method, a line says what the scores show on this image."
 )
 
 expensive = st.toggle("Offer the slow methods too (Integrated Gradients, occlusion, token ablation)",
@@ -36,16 +39,55 @@ CARRY = {
     "mass": "carry back through the T2T module (conserve the total)",
     "stretch": "stretch like ViT patches",
 }
+if st.session_state.get("exp_carry") not in CARRY:
+    st.session_state["exp_carry"] = "coverage"
 carry = b.radio("T2T-ViT map to pixels", list(CARRY), format_func=CARRY.__getitem__, key="exp_carry",
                 help="Carrying back spreads each backbone token over the pixels its soft-split windows came from, "
                 "then over the tokens each T2T attention mixed in. 'Average' gives each pixel the mean of the "
                 "windows covering it; 'conserve' splits each token's value among its pixels, so pixels covered by "
                 "more overlapping windows add up more (a lattice pattern).")
 with c:
-    score = st.toggle("Faithfulness scores", value=True, key="exp_faith")
-    steps = st.slider("Deletion/insertion steps", 4, 20, 10 if ctx.device.startswith("cuda") else 5, key="exp_steps",
-                      disabled=not score,
+    st.session_state.setdefault("exp_faith", True)
+    score = st.toggle("Faithfulness scores", key="exp_faith")
+    st.session_state.setdefault("exp_steps", 10 if ctx.device.startswith("cuda") else 5)
+    steps = st.slider("Deletion/insertion steps", 4, 20, key="exp_steps", disabled=not score,
                       help="Each step is one forward pass per curve; more steps = smoother curves, slower.")
+
+# Rollout's discard rule, by name (analysis.rollout.DISCARD_RULES): vit-explain's rule ranks the whole
+# flattened fused map, the per-row rule each row on its own; they give different maps for ratio > 0.
+try:  # TEMP until issue 11's IG completeness lands in analysis.attributions
+    from analysis.attributions import COMPLETENESS_TOLERANCE
+    HAS_COMPLETENESS = True
+except ImportError:
+    COMPLETENESS_TOLERANCE, HAS_COMPLETENESS = 0.05, False
+RULES = {"vit-explain": "vit-explain (flattened map)", "row": "per row"}
+rollouts = [m for m in methods if m in ("rollout", "grad_rollout")]
+discard: dict[str, tuple[str, float]] = {}
+if rollouts:
+    r1, r2 = st.columns(2)
+    st.session_state.setdefault("exp_rule", signature(cls_rollout).parameters["discard"].default)
+    if st.session_state["exp_rule"] not in DISCARD_RULES:
+        st.session_state["exp_rule"] = DISCARD_RULES[-1]
+    rule = r1.selectbox("Rollout discard rule", list(DISCARD_RULES), format_func=RULES.__getitem__, key="exp_rule",
+                        help="Which attention weights a rollout drops before chaining the blocks. vit-explain "
+                        "(jacobgil/vit-explain, vit_rollout.py): the lowest weights of the whole fused T×T map, "
+                        "the class token's own entry kept. Per row: the lowest patch weights of each row.")
+    st.session_state.setdefault("exp_discard", 0.9)
+    ratio = r2.slider("Discard ratio (share of weights dropped)", 0.0, 0.95, step=0.05, key="exp_discard",
+                      help="0 keeps every weight (plain rollout). vit-explain's examples use 0.9.")
+    discard = {m: (rule, float(ratio)) for m in rollouts}
+
+# A class chosen for one image means nothing for the next: a new image (or model) starts from the prediction.
+view = f"{ctx.image.key}|{ctx.t2t.key}|{ctx.vit.key}"
+if st.session_state.get("exp_class_view") != view:
+    had_choice = st.session_state.get("exp_class_view") is not None and which == "a class I choose"
+    for lm in ctx.models:
+        st.session_state.pop(f"exp_class_{lm.role}", None)
+    st.session_state["exp_class_view"] = view
+    if had_choice:
+        st.session_state["exp_class_reset"] = True
+if which == "a class I choose" and st.session_state.pop("exp_class_reset", False):
+    st.info("New image or model: the chosen classes start again from each model's prediction.")
 
 targets: dict[str, int] = {}
 for lm in ctx.models:
@@ -61,36 +103,92 @@ cols = st.columns(2)
 for col, lm in zip(cols, ctx.models, strict=True):
     probs = S.probabilities(ctx.trace(lm))
     t = targets[lm.role]
-    col.markdown(f"**{lm.role}** — {lm.label}: explaining **{lm.class_names[t]}** ({probs[t]:.1%})")
+    with col:
+        st.markdown(f"**{lm.role}** — {lm.label}: explaining **{lm.class_names[t]}** ({probs[t]:.1%})")
+        C.domain_notice(lm, ctx.image)
+C.class_list(ctx.models)
 
 if not methods:
     st.info("Choose at least one method above.")
 
 
+def method_map(lm: S.LoadedModel, method: str, target: int) -> tuple[str, object, dict[str, float] | None]:
+    """(map id, token map (h, w), IG completeness or None) of one method with this page's options."""
+    if method == "rollout":
+        rule, ratio = discard[method]
+        return f"rollout|{rule}|{ratio:g}", S.rollout_with(ctx, lm, rule, ratio), None
+    if method == "grad_rollout":
+        rule, ratio = discard[method]
+        heat, _ = S.explanation_with(ctx, lm, method, target, discard=rule, discard_ratio=ratio)
+        return f"grad_rollout|{rule}|{ratio:g}|{target}", heat, None
+    if method == "integrated_gradients" and HAS_COMPLETENESS:
+        heat, completeness = S.explanation_with(ctx, lm, method, target, return_completeness=True)
+        return f"integrated_gradients|{target}", heat, completeness
+    return f"{method}|{target}", S.explanation(ctx, lm, method, target), None
+
+
+def completeness_note(lm: S.LoadedModel, gap: dict[str, float]) -> None:
+    """IG's completeness beside its map: sum of attributions vs f(x) - f(baseline), warned above 5%."""
+    total = gap["output_change"] + gap["delta"]
+    text = (f"Completeness gap {gap['relative_gap']:.1%}: the attributions sum to {total:.3g}, "
+            f"f(x) − f(baseline) = {gap['output_change']:.3g} (class logit, zero baseline).")
+    if gap["relative_gap"] > COMPLETENESS_TOLERANCE:
+        st.warning(text + f" Above {COMPLETENESS_TOLERANCE:.0%}: this map does not account for the whole change "
+                   "of the class score; read it with care.")
+    else:
+        st.caption(text + f" Within {COMPLETENESS_TOLERANCE:.0%}: the map accounts for the class score's change.")
+
 
 journeys = {}
+scores: dict[str, dict[str, tuple[float, float]]] = {}
 for method in methods:
-    st.subheader(S.METHOD_NAMES[method])
+    title = S.METHOD_NAMES[method]
+    if method in discard:
+        title += f" — discard {discard[method][1]:.0%}, rule: {RULES[discard[method][0]]}"
+    st.subheader(title)
     cols = st.columns(2)
     for col, lm in zip(cols, ctx.models, strict=True):
         with col:
             with st.spinner(f"{S.METHOD_NAMES[method]} for {lm.name} …"):
-                pix, stages = S.explanation_pixels(ctx, lm, method, targets[lm.role], carry)
+                map_id, heat, gap = method_map(lm, method, targets[lm.role])
+                pix, stages = S.pixels_of(ctx, lm, map_id, heat, carry)
             if stages is not None:
                 journeys[method] = stages
             img = ctx.display_image(lm)
-            key = f"{lm.key}|{ctx.image.key}|{method}|{targets[lm.role]}|{carry}"
+            key = f"{lm.key}|{ctx.image.key}|{map_id}|{carry}"
             uri = C.cached_overlay_uri(key, img, lambda pix=pix: S.to_numpy(S.display_scale(pix)))
-            fig = C.image_figure(uri, img.shape[:2],
-                                 title=f"{lm.role}: {lm.name}", height=380)
-            C.show(fig, key=f"exp_{method}_{lm.role}")
+            fig = C.image_figure(uri, img.shape[:2], title=f"{lm.role}: {lm.name}", height=380)
+            C.show(fig, key=f"exp_{method}_{lm.role}", filename=f"{method}_{lm.name}")
+            if gap is not None:
+                completeness_note(lm, gap)
+            C.domain_notice(lm, ctx.image, short=True)
             if score:
                 with st.spinner("Deletion / insertion …"):
-                    deletion, insertion = S.faithfulness_scores(ctx, lm, f"{method}|{carry}", pix,
+                    deletion, insertion = S.faithfulness_scores(ctx, lm, f"{map_id}|{carry}", pix,
                                                                 targets[lm.role], steps)
+                scores.setdefault(method, {})[lm.role] = (deletion, insertion)
                 m1, m2 = st.columns(2)
                 m1.metric("Deletion AUC (lower is better)", f"{deletion:.3f}")
                 m2.metric("Insertion AUC (higher is better)", f"{insertion:.3f}")
+    if method in scores and len(scores[method]) == 2:
+        (r1, (d1, i1)), (r2, (d2, i2)) = scores[method].items()
+        best_del = r1 if d1 < d2 else r2
+        best_ins = r1 if i1 > i2 else r2
+        verdict = (f"**{best_del}** scores better on both" if best_del == best_ins else
+                   f"the two scores disagree: **{best_del}** on deletion, **{best_ins}** on insertion")
+        st.caption(f"On this image, with {title}: {verdict} (deletion {r1} {d1:.3f} vs {r2} {d2:.3f}; insertion "
+                   f"{r1} {i1:.3f} vs {r2} {i2:.3f}). Each model explains its own class, so the scores compare "
+                   "how well each map explains its own model.")
+
+if ctx.t2t.family == "t2t" and carry != "stretch" and methods:
+    conc = {name: S.t2t_concentration(ctx, ctx.t2t, f"t2t.{name}_map") for name in ("attn1", "attn2")}
+    parts = [f"T2T attention {name[-1]}: a query puts a median {c['median_row']:.1%} of its weight on its top "
+             f"{int(c['top'])} of {int(c['tokens'])} tokens (1%), and {c['columns']:.1%} of all the weight lands "
+             f"on the same {int(c['top'])} tokens" for name, c in conc.items()]
+    st.info("**Why the T2T-ViT maps carried back can look speckled.** Carrying a map back follows the T2T "
+            "attention weights. On this image, " + "; ".join(parts) + ". So most of each token's value is "
+            "moved onto those few tokens: bright specks where they sit. *Stretch like ViT patches* shows the map "
+            "without that step.", icon=":material/info:")
 
 if journeys:
     st.subheader("The journey back through the T2T module")

@@ -29,10 +29,15 @@ for col, lm in zip(cols, ctx.models, strict=True):
     top1[lm.role] = pairs[0][0]
     with col:
         C.show(C.topk_figure(pairs, f"{lm.role}: {lm.label}", colours[lm.role]), key=f"cls_{lm.role}")
+        C.domain_notice(lm, ctx.image)
+outside = [lm.role for lm in ctx.models if C.domain_warning(lm, ctx.image)]
+caveat = f" ({' and '.join(outside)}: outside {'its' if len(outside) == 1 else 'their'} training, see above)" \
+    if outside else ""
 if len(set(top1.values())) == 1:
-    st.success(f"Both models say **{top1[ctx.t2t.role]}**.")
+    st.success(f"Both models say **{top1[ctx.t2t.role]}**{caveat}.")
 else:
-    st.warning(" · ".join(f"{r} says **{c}**" for r, c in top1.items()))
+    st.warning(" · ".join(f"{r} says **{c}**" for r, c in top1.items()) + caveat)
+C.class_list(ctx.models)
 
 st.subheader("A batch of images")
 source = st.radio("Batch", ["Synthetic test images (with labels)", "My uploads"], horizontal=True, key="batch_source")
@@ -75,6 +80,11 @@ if run_batch and batch:
     if "true class" in table:
         acc = {r: (table[r] == table["true class"]).mean() for r in roles}
         m[2].metric("Accuracy", " · ".join(f"{r} {a:.0%}" for r, a in acc.items()))
+    if source == "My uploads":
+        for lm in ctx.models:
+            warning = C.domain_warning(lm, batch[0][0], what="An uploaded image") if batch else None
+            if warning:
+                st.warning(warning)
     st.dataframe(table, hide_index=True, column_config={
         f"{r} p": st.column_config.ProgressColumn(f"{r} probability", min_value=0.0, max_value=1.0, format="%.2f")
         for r in roles})

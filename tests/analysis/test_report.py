@@ -190,10 +190,10 @@ def test_report_shows_its_figures_in_chromium(run, browser, embed, tmp_path):
 
 def test_rollout_only(tmp_path, run):
     out = tmp_path / "out"
-    data = report.main(["--models", "deit_tiny_patch16_224", "--weights", run.weights["deit_tiny_patch16_224"],
-                        "--images", str(run.root / "images" / "synthetic_0.png"), "--out", str(out), "--only",
-                        "rollout", "--html", "link"])
-    (rec,) = data["results"]
+    report.main(["--models", "deit_tiny_patch16_224", "--weights", run.weights["deit_tiny_patch16_224"],
+                 "--images", str(run.root / "images" / "synthetic_0.png"), "--out", str(out), "--only",
+                 "rollout", "--html", "link"])
+    (rec,) = json.loads((out / "results.json").read_text())["results"]
     assert set(rec["maps"]) == {"rollout"} and rec["blocks"] == {} and rec["faithfulness"] == {}
     header = (out / "results.csv").read_text().splitlines()[0].split(",")
     assert "rollout_entropy" in header and not any(h.startswith("invalid_fraction") for h in header)
@@ -281,27 +281,40 @@ def test_overlay_colours_and_weights_follow_the_map():
     assert np.abs(out[0][0, 15] - (100 * (1 - w) + lut[round(heat * 255)] * w)).max() <= 1
 
 
-def test_batches_are_the_same_decoded_in_a_thread_or_in_line(run):
+def test_batches_are_the_same_decoded_in_workers_or_in_line(run):
     files, _ = report.find_images([run.root / "images"])
     keys = [report.transform_key(t2t.create_model("deit_tiny_patch16_224", img_size=32))]
-    inline, threaded = (list(report.prepared_batches(files, keys, 3, background=b)) for b in (False, True))
-    assert [len(b) for b in inline] == [len(b) for b in threaded] == [3, 3, 2]
-    for a, b in zip(sum(inline, []), sum(threaded, []), strict=True):
+    batches = [[0, 1, 2], [3, 4, 5], [6, 7]]
+    inline, workers = (list(report.make_loader(files, keys, batches, w)) for w in (0, 2))
+    assert [len(b) for b in inline] == [len(b) for b in workers] == [3, 3, 2]
+    for a, b in zip(sum(inline, []), sum(workers, []), strict=True):
         assert type(a) is type(b)
         if isinstance(a, report.Prepared):
             assert (a.index, a.label) == (b.index, b.label)
             torch.testing.assert_close(a.inputs[keys[0]], b.inputs[keys[0]], rtol=0, atol=0)
         else:
-            assert (a.path, a.reason) == (b.path, b.reason)
+            assert (a.path, a.reason, a.index) == (b.path, b.reason, b.index)
     assert sum(isinstance(x, report.Skipped) for x in sum(inline, [])) == len(BAD)
 
 
-def test_on_the_cpu_decoding_and_drawing_run_in_line(run, tmp_path, monkeypatch):
-    modes = []
-    real = report.prepared_batches
-    monkeypatch.setattr(report, "prepared_batches", lambda *a: modes.append(a[3]) or real(*a))
-    images = [str(run.root / "images" / name) for name in GOOD[1:3]]
-    data = report.main(["--models", MODELS[0], "--weights", run.weights[MODELS[0]], "--images", *images,
-                        "--out", str(tmp_path / "out"), "--only", "rollout", "--device", "cpu"])
-    assert modes == [False] and data["counts"]["analysed"] == 2
-    assert all((tmp_path / "out" / rec["figures"]["rollout"]).is_file() for rec in data["results"])
+def test_pictures_are_capped_to_the_first_and_the_least_confident(run, tmp_path):
+    """--pictures 1 --least-confident 1: pictures of image 0 and of the image whose least sure model
+    gives its prediction the lowest probability, none of the others; every image still has its row."""
+    out = tmp_path / "out"
+    report.main(["--models", *MODELS, "--weights", *run.weights.values(), "--images", *(
+        str(run.root / "images" / g) for g in GOOD), "--out", str(out), "--only", "rollout", "--pictures", "1",
+        "--least-confident", "1"])
+    data = json.loads((out / "results.json").read_text())
+    by_image: dict[str, list] = {}
+    for rec in data["results"]:
+        by_image.setdefault(rec["path"], []).append(rec)
+    assert len(by_image) == len(GOOD) and len(data["results"]) == len(GOOD) * len(MODELS)
+    paths = list(by_image)
+    least = min(paths, key=lambda p: min(r["pred_prob"] for r in by_image[p]))
+    want = {paths[0], least}
+    assert {p for p, recs in by_image.items() if recs[0]["figures"]} == want
+    assert [e["why"] for e in data["pictured"]] == ["first"] + (["least confident"] if least != paths[0] else [])
+    drawn = {f.name for f in (out / "figures").iterdir() if not f.name.startswith("summary")}
+    assert drawn == {Path(v).name for p in want for r in by_image[p] for v in r["figures"].values()}
+    page = (out / "report.html").read_text()
+    assert page.count("<tr><td><img") == len(want) and f"{len(want)} of {len(GOOD)} images pictured" in page

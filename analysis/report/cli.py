@@ -1,0 +1,214 @@
+"""The run: arguments, the distributed batch loop, and the final writing by rank 0."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+import time
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from analysis.report.analyse import (
+    ANALYSES,
+    DEFAULT_ANALYSES,
+    DEFAULT_METHODS,
+    Options,
+    analyse_batch,
+    image_records,
+    library_discard_rule,
+)
+from analysis.report.inputs import Prepared, Skipped, find_images, load_models, make_loader, transform_key
+from analysis.report.page import write_html
+from analysis.report.pictures import draw_pictures, summary_figures
+from analysis.report.writers import LeastConfident, ResultWriter, Summary, csv_fields
+from t2t.distributed import Dist, Journal, run_batches, shard
+from t2t.loading import describe_model
+
+
+def step_lines(models: list, keys: list[tuple], opts: Options, device: torch.device,
+               batch: list[Prepared | Skipped]) -> list[dict[str, Any]]:
+    """Journal lines of one batch: {"i", "records": one per model} per image, {"i", "skip": reason} per bad file."""
+    items = [b for b in batch if isinstance(b, Prepared)]
+    lines: list[dict[str, Any]] = [{"i": b.index, "skip": b.reason} for b in batch if isinstance(b, Skipped)]
+    per_item: list[list[dict[str, Any]]] = [[] for _ in items]
+    for model, key in zip(models, keys, strict=True):
+        if not items:
+            break
+        x = torch.stack([it.inputs[key] for it in items]).to(device)
+        for recs, rec in zip(per_item, image_records(model, items, analyse_batch(model, x, opts)), strict=True):
+            recs.append(rec)
+    return lines + [{"i": it.index, "records": recs} for it, recs in zip(items, per_item, strict=True)]
+
+
+def run(args: argparse.Namespace) -> dict[str, Any] | None:
+    """Analyse every image with every model and write all outputs (rank 0); returns the JSON content
+    without its "results" (None on the other ranks)."""
+    dist_ = Dist.from_env(args.device)
+    try:
+        return _run(args, dist_)
+    finally:
+        dist_.close()
+
+
+def _run(args: argparse.Namespace, dist_: Dist) -> dict[str, Any] | None:
+    t_start = time.perf_counter()
+    out = Path(args.out)
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    device = dist_.device(args.device)
+    models = load_models(args, device)
+    names = [m.default_cfg["name"] for m in models]
+    opts = Options(analyses=tuple(dict.fromkeys([*args.only, *(["faithfulness"] if args.faithfulness else [])])),
+                   methods=tuple(args.methods), head_fusion=args.head_fusion, discard_ratio=args.discard_ratio,
+                   discard_rule=args.discard_rule, ig_steps=args.ig_steps, faithfulness_steps=args.faithfulness_steps)
+    keys = [transform_key(m, args.crop_pct) for m in models]
+    files, missing = dist_.broadcast(find_images(args.images) if dist_.is_main else None)
+
+    journal = None
+    if dist_.is_main:
+        settings = {"models": [describe_model(m) for m in models], "options": asdict(opts), "transforms": keys,
+                    "files": hashlib.sha1("\n".join(str(p) for p, _ in files).encode()).hexdigest()}
+        journal = Journal(out / "journal.jsonl", settings, resume=args.resume)
+    done = dist_.broadcast(sorted(journal.done) if journal else None)
+    todo = sorted(set(range(len(files))) - set(done))
+    per_rank = dist_.gather(len(shard(todo, dist_.rank, dist_.world_size)))
+
+    t_loop = time.perf_counter()
+    run_batches(dist_, todo, args.batch_size, lambda batches: make_loader(files, keys, batches, args.workers),
+                lambda batch: step_lines(models, keys, opts, device, batch), journal, "report")
+    t_write = time.perf_counter()
+    if not dist_.is_main:
+        return None
+
+    tolerance = 0.05
+    if "explain" in opts.analyses and "integrated_gradients" in opts.methods:
+        from analysis.attributions import COMPLETENESS_TOLERANCE as tolerance
+    # pass 1: running summaries and which images get pictures
+    summary, least = Summary(names, tolerance), LeastConfident(args.least_confident)
+    skipped, first, analysed = list(missing), [], 0
+    for line in journal.in_order():
+        if "skip" in line:
+            skipped.append(Skipped(files[line["i"]][1], line["skip"], line["i"]))
+            continue
+        analysed += 1
+        summary.add(line["records"])
+        least.add(line["i"], line["records"])
+        if args.pictures < 0 or len(first) < args.pictures:
+            first.append(line["i"])
+    why = {i: "first" for i in first} | {i: "least confident" for i in least.indices() if i not in first}
+    # pass 2: the CSV and the JSON records in file order, the chosen images' pictures
+    depth = max(len(m.blocks) for m in models)
+    writer = ResultWriter(out, csv_fields(depth, opts))
+    pictured: dict[int, dict[str, Any]] = {}
+    for line in journal.in_order():
+        if "records" not in line:
+            continue
+        recs = line["records"]
+        if line["i"] in why:
+            draw_pictures(out, line["i"], recs, keys, args.image_format)
+            pictured[line["i"]] = {"index": line["i"], "image": recs[0]["image"], "why": why[line["i"]], "models": [
+                {k: r[k] for k in ("model", "pred_class", "pred_prob", "figures", "completeness") if k in r}
+                for r in recs]}
+        for rec in recs:
+            writer.add(rec)
+    summary_result = summary.result()
+    report: dict[str, Any] = {
+        "command": args.command or " ".join(["python -m analysis.report", *sys.argv[1:]]),
+        "created": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        "device": str(device),
+        "torch": torch.__version__,
+        "settings": {"analyses": list(opts.analyses), "methods": list(opts.methods), "maps": opts.maps(),
+                     "head_fusion": opts.head_fusion, "discard_ratio": opts.discard_ratio,
+                     "grad_discard_ratio": opts.grad_discard_ratio,
+                     "discard_rule": opts.discard_rule or library_discard_rule(), "ig_steps": opts.ig_steps,
+                     "completeness_tolerance": tolerance, "faithfulness_steps": opts.faithfulness_steps,
+                     "faithfulness_baseline": opts.faithfulness_baseline, "batch_size": args.batch_size,
+                     "crop_pct": args.crop_pct, "pictures": args.pictures, "least_confident": args.least_confident,
+                     "pictures_rule": (f"the first {args.pictures}" if args.pictures >= 0 else "all")
+                     + (f" and the {args.least_confident} least confident" if args.least_confident else "")},
+        "run": {"world_size": dist_.world_size, "images_per_rank": per_rank, "backend": dist_.backend,
+                "workers": args.workers, "resumed_images": len(done)},
+        "models": [describe_model(m) for m in models],
+        "counts": {"files": len(files) + len(missing), "analysed": analysed, "skipped": len(skipped)},
+        "skipped": [{"path": s.path, "reason": s.reason} for s in skipped],
+        "agreement": summary.agreement(),
+        "summary": summary_result,
+        "figures": summary_figures(summary_result, out / "figures") if summary_result else {},
+        "pictured": [pictured[i] for i in why if i in pictured],
+    }
+    now = time.perf_counter()
+    report["timing"] = {"setup_s": t_loop - t_start, "images_s": t_write - t_loop, "write_s": now - t_write,
+                        "total_s": now - t_start, "images_per_s": len(todo) / max(now - t_start, 1e-9),
+                        "loop_images_per_s": len(todo) / max(t_write - t_loop, 1e-9)}
+    writer.finish(report)
+    write_html(report, out, embed=args.html == "embed" or (args.html == "auto" and folder_size(out / "figures") < 40e6))
+    journal.close()
+    if not args.keep_journal:
+        journal.path.unlink()  # every output is complete: nothing is left to resume
+    print(f"{analysed} images analysed with {len(models)} models, {len(skipped)} skipped, in "
+          f"{report['timing']['total_s']:.1f} s -> {out / 'report.html'}", file=sys.stderr)
+    for s in skipped:
+        print(f"  skipped {s.path}: {s.reason}", file=sys.stderr)
+    return report
+
+
+def folder_size(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from analysis.explain import EXPLAINERS
+    from analysis.report import __doc__ as doc
+    from analysis.rollout import DISCARD_RULES
+
+    count = lambda s: -1 if s == "all" else int(s)  # noqa: E731
+    p = argparse.ArgumentParser(prog="python -m analysis.report", description=doc.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--models", nargs="+", default=["t2t_vit_7", "deit_tiny_patch16_224"], help="registry names")
+    p.add_argument("--images", nargs="+", required=True, help="image files and/or folders (searched recursively)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--weights", nargs="+", default=["embedded"],
+                   help="one for all models or one per model: embedded, imagenet, random, or a checkpoint path/URL")
+    p.add_argument("--no-ema", action="store_true", help="load a checkpoint's state_dict, not its EMA weights")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--workers", type=int, default=min(4, max(1, (torch.multiprocessing.cpu_count() or 2) - 1)),
+                   help="DataLoader decoding processes per rank (0: decode in the main process)")
+    p.add_argument("--device", default="auto", help="auto = this rank's GPU, then mps, then cpu")
+    p.add_argument("--only", nargs="+", choices=ANALYSES, default=list(DEFAULT_ANALYSES), metavar="ANALYSIS",
+                   help=f"analyses to run, of {', '.join(ANALYSES)} (the prediction is always made)")
+    p.add_argument("--methods", nargs="+", choices=sorted(EXPLAINERS), default=list(DEFAULT_METHODS),
+                   metavar="METHOD", help=f"explanations for 'explain', of {', '.join(sorted(EXPLAINERS))}")
+    p.add_argument("--faithfulness", action="store_true", help="also score every map by deletion / insertion AUC")
+    p.add_argument("--faithfulness-steps", type=int, default=10)
+    p.add_argument("--ig-steps", type=int, default=16, help="integration steps of integrated_gradients")
+    p.add_argument("--head-fusion", default="mean", choices=["mean", "max", "min"], help="rollout head fusion")
+    p.add_argument("--discard-ratio", type=float, default=0.0, help="rollout: fraction of the weakest weights dropped")
+    p.add_argument("--discard-rule", choices=DISCARD_RULES, default=None,
+                   help="rollout and grad_rollout discard rule (default: analysis.rollout's)")
+    p.add_argument("--crop-pct", type=float, default=None, help="override every model's centre-crop fraction")
+    p.add_argument("--pictures", type=count, default=64, metavar="N|all",
+                   help="draw the first N images and their maps (all: every image)")
+    p.add_argument("--least-confident", type=int, default=16, metavar="K",
+                   help="also draw the K images whose prediction is the least confident")
+    p.add_argument("--html", choices=["auto", "embed", "link"], default="auto",
+                   help="figures inlined in report.html (embed), linked from figures/ (link), or embed unless > 40 MB")
+    p.add_argument("--image-format", choices=["jpg", "png"], default="jpg",
+                   help="per-image pictures (inputs, overlays); summary plots are always PNG")
+    p.add_argument("--seed", type=int, default=0, help="seed of random weights")
+    p.add_argument("--resume", action="store_true", help="continue a killed run from --out/journal.jsonl")
+    p.add_argument("--keep-journal", action="store_true", help="keep journal.jsonl after a finished run")
+    args = p.parse_args(argv)
+    args.command = None if argv is None else " ".join(["python -m analysis.report", *argv])
+    if args.batch_size < 1:
+        p.error("--batch-size must be at least 1")
+    if args.workers < 0 or args.least_confident < 0:
+        p.error("--workers and --least-confident must be 0 or more")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any] | None:
+    return run(parse_args(argv))

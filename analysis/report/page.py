@@ -1,0 +1,129 @@
+"""report.html: one page built from the report's JSON (settings, run, summaries, skipped files, pictured images)."""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+from typing import Any
+
+from analysis.report.analyse import ATTENTION_METRICS, METRIC_LABELS, REDUNDANCY_METRICS
+
+STYLE = ("body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}table{border-collapse:collapse;"
+         "margin:.5em 0}td,th{border:1px solid #ccc;padding:4px 6px;vertical-align:top;font-size:13px}"
+         "th{background:#f4f4f4}img{margin:1px}.cmd code{font-size:12px;word-break:break-all}"
+         "figure{margin:1em 0}figure img{max-width:100%}figcaption{font-size:13px;color:#555}"
+         ".map{display:inline-block;text-align:center;font-size:11px}.warn{color:#b00020;font-weight:600}")
+
+
+def image_src(out: Path, rel: str, embed: bool) -> str:
+    if not embed:
+        return html.escape(rel)
+    mime = "image/png" if rel.endswith(".png") else "image/jpeg"
+    return f"data:{mime};base64," + base64.b64encode((out / rel).read_bytes()).decode("ascii")
+
+
+def gap_note(check: dict[str, Any] | None, tolerance: float) -> str:
+    """The IG completeness gap shown beside its map, flagged when above the tolerance."""
+    if check is None:
+        return ""
+    gap = check.get("relative_gap")
+    if gap is None:
+        return "<br><span class=warn>completeness gap undefined: f(x) = f(baseline)</span>"
+    text = f"completeness gap {gap:.1%}"
+    if gap > tolerance:
+        return (f"<br><span class=warn title='|sum of attributions - (f(x) - f(baseline))| / |f(x) - f(baseline)| "
+                f"above {tolerance:.0%}: the attributions do not add up to the output change; use more --ig-steps'>"
+                f"&#9888; {text} &gt; {tolerance:.0%}</span>")
+    return f"<br><small>{text}</small>"
+
+
+def write_html(report: dict[str, Any], out: Path, embed: bool) -> Path:
+    """report.html: settings, run, summary numbers and figures, skipped files, one row per pictured image."""
+    esc = html.escape
+    models = [m["name"] for m in report["models"]]
+    maps = report["settings"]["maps"]
+    tolerance = report["settings"].get("completeness_tolerance", 0.05)
+    img = lambda rel, alt, w: (f'<img src="{image_src(out, rel, embed)}" alt="{esc(alt)}"'  # noqa: E731
+                               + (f' width="{w}">' if w else ">"))
+    run = report.get("run", {})
+    parts = [f"<h1>t2t-lens report</h1><p>{esc(report['created'])} &middot; device {esc(report['device'])} &middot; "
+             f"{report['counts']['analysed']} images analysed, {report['counts']['skipped']} skipped &middot; "
+             f"{report['timing']['total_s']:.1f} s ({report['timing']['images_per_s']:.2f} images/s)"
+             + (f" &middot; {run['world_size']} processes ({', '.join(map(str, run['images_per_rank']))} files each)"
+                if run.get("world_size", 1) > 1 else "") + "</p>",
+             f"<p class=cmd><code>{esc(report['command'])}</code></p>", "<h2>Models</h2><table><tr><th>model</th>"
+             "<th>weights</th><th>blocks</th><th>params</th><th>input</th><th>test acc (card)</th></tr>"]
+    for m in report["models"]:
+        acc = f"{m['test_acc']:.2%}" if m.get("test_acc") is not None else ""
+        key = f" ({esc(m['state_dict_key'])})" if m.get("state_dict_key") else ""
+        parts.append(f"<tr><td>{esc(m['name'])}</td><td>{esc(str(m['weights']))}{key}</td><td>{m['num_blocks']}</td>"
+                     f"<td>{m['params']:,}</td><td>{m['img_size']} px, crop {m['crop_pct']}</td><td>{acc}</td></tr>")
+    parts.append("</table>")
+
+    summary = report["summary"]
+    if summary:
+        parts.append("<h2>Summary</h2><p>Mean over images of each block metric averaged over the blocks "
+                     "(95% CI over images, normal approximation).</p><table><tr><th>metric</th>"
+                     + "".join(f"<th>{esc(m)}</th>" for m in summary) + "</tr>")
+        metrics = [k for k in (*REDUNDANCY_METRICS, *ATTENTION_METRICS)
+                   if any(k in s["image_means"] for s in summary.values())]
+        for metric in metrics:
+            cells = []
+            for m in summary:
+                st = summary[m]["image_means"].get(metric)
+                cells.append(f"<td>{st['mean']:.4g} [{st['ci_low']:.4g}, {st['ci_high']:.4g}]</td>"
+                             if st and st["n"] > 1 else f"<td>{st['mean']:.4g}</td>" if st else "<td></td>")
+            parts.append(f"<tr><td>{esc(METRIC_LABELS.get(metric, metric))}</td>{''.join(cells)}</tr>")
+        parts.append("</table>")
+        for m, s in summary.items():
+            ig = s.get("completeness", {}).get("integrated_gradients")
+            if ig and ig["images"]:
+                flag = " class=warn" if ig["above_tolerance"] else ""
+                parts.append(f"<p{flag}>{esc(m)}, Integrated Gradients completeness: mean relative gap "
+                             f"{ig['mean_relative_gap']:.1%}, largest {ig['max_relative_gap']:.1%}; "
+                             f"{ig['above_tolerance']} of {ig['images']} images above {ig['tolerance']:.0%}.</p>")
+        if len(models) == 2 and report["counts"]["analysed"] and report.get("agreement") is not None:
+            parts.append(f"<p>The two models predict the same class for {report['agreement']:.1%} of the images.</p>")
+        for title, rel in report["figures"].items():
+            parts.append(f"<figure>{img('figures/' + rel, title, None)}<figcaption>{esc(title)}</figcaption></figure>")
+
+    parts.append(f"<h2 id=skipped>Skipped files ({len(report['skipped'])})</h2>")
+    if report["skipped"]:
+        parts.append("<table class=skipped><tr><th>file</th><th>reason</th></tr>" + "".join(
+            f"<tr><td>{esc(s['path'])}</td><td>{esc(s['reason'])}</td></tr>" for s in report["skipped"]) + "</table>")
+    else:
+        parts.append("<p>None: every file was a readable image.</p>")
+
+    pictured = report.get("pictured", [])
+    parts.append(f"<h2>Images</h2><p>{len(pictured)} of {report['counts']['analysed']} images pictured "
+                 f"({esc(report['settings'].get('pictures_rule', ''))}); every image's numbers are in results.csv "
+                 "and results.json.</p><table class=images><tr><th>image</th>" + "".join(
+                     f"<th>{esc(m)}<br><small>{' &middot; '.join(esc(k) for k in maps)}</small></th>" for m in models)
+                 + "</tr>")
+    for entry in pictured:
+        per_model = {r["model"]: r for r in entry["models"]}
+        first = entry["models"][0]
+        why = "" if entry["why"] == "first" else f"<br><small>({esc(entry['why'])})</small>"
+        cells = [f"<td>{img(first['figures']['input'], entry['image'], 128)}<br><small>{esc(entry['image'])}</small>"
+                 f"{why}</td>"]
+        for m in models:
+            r = per_model.get(m)
+            if r is None:
+                cells.append("<td></td>")
+                continue
+            width = 128 if len(maps) <= 3 else 100
+            figs = "".join(
+                f"<span class=map>{img(r['figures'][k], f'{m} {k}', width)}"
+                f"{gap_note(r.get('completeness', {}).get(k), tolerance) if k == 'integrated_gradients' else ''}"
+                f"</span>" for k in maps if k in r["figures"])
+            cells.append(f"<td><b>{esc(r['pred_class'])}</b> {r['pred_prob']:.1%}<br>{figs}</td>")
+        parts.append("<tr>" + "".join(cells) + "</tr>")
+    parts.append("</table>")
+    page = (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>t2t-lens report</title>"
+            f"<style>{STYLE}</style></head><body>{''.join(parts)}</body></html>")
+    path = out / "report.html"
+    tmp = out / "report.html.tmp"
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(path)
+    return path

@@ -130,14 +130,11 @@ def load_model(name: str, source: str, location: str, device: str, use_ema: bool
     Random weights are drawn from a fixed seed so "untrained" means the same model on every load.
     Raises t2t.CheckpointError (or a download error) when the weights cannot be used.
     """
-    if source == "random":
-        with torch.random.fork_rng():
-            torch.manual_seed(0)
-            model = t2t.create_model(name)
-    else:
-        pretrained: Any = {"embedded": "embedded", "released": True}.get(source, location)
-        model = t2t.create_model(name, pretrained=pretrained, use_ema=use_ema)
-    return model.eval().to(device)
+    from t2t.loading import load_model as load  # the one loader (validate, the report, the notebooks)
+
+    weights = location if source in ("path", "url", "upload") else source  # embedded, released, random
+    return load(name, weights, device, use_ema=use_ema, num_classes=1000 if source == "random" else None,
+                match_architecture=False)  # random: ImageNet-sized, seed 0; a misfit checkpoint is an error here
 
 
 @dataclass(frozen=True)

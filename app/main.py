@@ -26,6 +26,8 @@ import t2t  # noqa: E402
 from app import _state as S  # noqa: E402
 from t2t.images import ImageError, PreprocessSteps, sample_images  # noqa: E402
 
+S.import_page_modules()  # once per process, before any page runs: sessions are threads of one process
+
 # A lesson link with present=1 opens in presentation mode, the sidebar folded away.
 st.set_page_config(page_title="t2t-lens", page_icon=":material/grid_on:", layout="wide",
                    initial_sidebar_state="collapsed" if st.query_params.get("present") == "1" else "auto")
@@ -341,6 +343,19 @@ html { font-size: 20px; }  /* Streamlit sizes its text in rem: everything grows 
 </style>"""
 
 
+def upsampling_notices(ctx: S.Context) -> list[str]:
+    """For an image smaller than a model's input: by how much it was enlarged (its detail is interpolated)."""
+    out = []
+    for lm in ctx.models:
+        steps = ctx.steps(lm)
+        if steps.upsampled:
+            w, h = steps.original.size
+            out.append(f"The image is only {w}×{h} pixels: it was upsampled {steps.resize_factor:.3g}× for "
+                       f"{lm.role} ({lm.img_size} px input), so everything finer than one original pixel is "
+                       "interpolation, not image.")
+    return out
+
+
 def sidebar() -> tuple[S.Context, list[str]]:
     notices: list[str] = []
     with st.sidebar:
@@ -359,6 +374,7 @@ def sidebar() -> tuple[S.Context, list[str]]:
         st.image(thumbnail(image.key, image.image), caption=image.label, width=160)
         notices += n1 + n2 + n3
         ctx = S.Context(t2t_model, vit_model, image, device)
+        notices += upsampling_notices(ctx)
         untrained = [lm.name for lm in ctx.models if not lm.trained]
         if untrained:
             notices.insert(0, f"**{S.UNTRAINED_NOTICE.capitalize()}**: {' and '.join(untrained)} "

@@ -639,3 +639,119 @@ def test_out_of_memory_falls_back_to_the_cpu() -> None:
     assert at.session_state["force_cpu"] is True
     assert at.markdown[0].value == "cpu"
     assert "The GPU ran out of memory" in at.markdown[1].value
+
+
+# ----------------------------------------------------------------------------------------------
+# Issue 11 and 12 in the app: EMA weights, the discard rule, small images, words that match the screen
+# ----------------------------------------------------------------------------------------------
+
+
+def test_ema_checkbox_and_the_dictionary_loaded(tmp_path: Path) -> None:
+    torch.manual_seed(2)
+    raw, ema = (t2t.create_model("deit_tiny_patch16_224", num_classes=10) for _ in range(2))
+    path = tmp_path / "both.pth.tar"
+    torch.save({"state_dict": raw.state_dict(), "state_dict_ema": ema.state_dict()}, path)
+    at = run()
+    at.selectbox(key="ViT_source").set_value("upload")
+    run(at=at)
+    at.file_uploader(key="ViT_ckpt").set_value(("both.pth.tar", path.read_bytes(), "application/octet-stream"))
+    run(at=at)
+    assert at.checkbox(key="ViT_ema").value is True  # on by default, as the official evaluation
+    captions = " ".join(c.value for c in at.sidebar.caption)
+    assert "Loaded: **state_dict_ema** (EMA weights)" in captions
+    torch.testing.assert_close(at.session_state[S.CTX_KEY].vit.model.head.weight.cpu(), ema.head.weight)
+    at.checkbox(key="ViT_ema").uncheck()
+    run(at=at)
+    assert "Loaded: **state_dict**" in " ".join(c.value for c in at.sidebar.caption)
+    torch.testing.assert_close(at.session_state[S.CTX_KEY].vit.model.head.weight.cpu(), raw.head.weight)
+
+
+def test_weights_box_offers_only_what_exists() -> None:
+    at = run()
+    at.selectbox(key="T2T-ViT_name").set_value("t2t_vit_10")
+    run(at=at)
+    box = at.selectbox(key="T2T-ViT_source")
+    assert "embedded" not in box.options and box.value == "random"
+    assert at.session_state[S.CTX_KEY].t2t.source == "random"
+    at.selectbox(key="T2T-ViT_name").set_value("t2t_vit_7")
+    run(at=at)
+    assert at.selectbox(key="T2T-ViT_source").value == "random"  # kept: it exists for t2t_vit_7 too
+    at.selectbox(key="T2T-ViT_source").set_value("embedded")
+    run(at=at)
+    assert at.session_state[S.CTX_KEY].t2t.source == "embedded"
+
+
+def test_rollout_discard_rule_is_named_and_used() -> None:
+    from analysis.maps import tokens_to_grid
+    from analysis.rollout import cls_rollout
+
+    at = run("views/3_explanations.py")
+    assert at.selectbox(key="exp_rule").value == "vit-explain"
+    assert any("rule: vit-explain (flattened map)" in h.value for h in at.subheader)
+    ctx = at.session_state[S.CTX_KEY]
+    maps = {}
+    for rule in ("vit-explain", "row"):
+        at.selectbox(key="exp_rule").set_value(rule)
+        at.slider(key="exp_discard").set_value(0.5)
+        run(at=at)
+        label = {"vit-explain": "vit-explain (flattened map)", "row": "per row"}[rule]
+        assert any(f"discard 50%, rule: {label}" in h.value for h in at.subheader)
+        tr = ctx.trace(ctx.vit)
+        expected = tokens_to_grid(cls_rollout(tr.attentions(), discard_ratio=0.5, discard=rule), (14, 14))[0]
+        maps[rule] = S.rollout_with(ctx, ctx.vit, rule, 0.5)
+        torch.testing.assert_close(maps[rule], expected.float().cpu())
+    assert not torch.allclose(maps["row"], maps["vit-explain"])
+
+
+def test_tiny_image_says_how_much_it_was_upsampled() -> None:
+    at = upload(run(), "dot.png", png(Image.new("RGB", (1, 1), (200, 30, 30))))
+    ctx = at.session_state[S.CTX_KEY]
+    factor = ctx.steps(ctx.t2t).resize_factor
+    assert factor > 100
+    notes = [w.value for w in at.warning]
+    assert any(f"only 1×1 pixels: it was upsampled {factor:.3g}×" in n for n in notes), notes
+    assert "pick_split0" in charts(at)
+
+
+def test_feature_page_words_match_the_numbers() -> None:
+    from analysis.redundancy import feature_maps, invalid_channels
+
+    at = run("views/4_feature_richness.py")
+    ctx = at.session_state[S.CTX_KEY]
+    at.slider(key="fr_threshold").set_value(0.5)
+    run(at=at)
+    text = " ".join(m.value for m in at.markdown if "On this image" in m.value)
+    counts = [int(invalid_channels(feature_maps(ctx.trace(lm)["blocks.0"], (14, 14)), 0.5)[0].sum())
+              for lm in ctx.models]
+    assert f"T2T-ViT has {counts[0]} of 256 invalid channels in block 0 and ViT {counts[1]} of 192" in text
+    # the exact effective rank only on demand
+    at.toggle(key="fr_rank").set_value(False)
+    run(at=at)
+    assert "fr_effective_rank" not in charts(at)
+    assert "effective rank is above" not in " ".join(m.value for m in at.markdown)
+
+
+def test_attention_page_words_match_the_distances() -> None:
+    at = run("views/2_attention.py")
+    ctx = at.session_state[S.CTX_KEY]
+    text = " ".join(m.value for m in at.markdown if "On this image" in m.value)
+    for lm in ctx.models:
+        d = S.attention_profile(ctx, lm)["distance"]
+        assert f"**{lm.role}**: every head between {d.min():.0f} and {d.max():.0f} px" in text
+    assert "ViT's early blocks need some heads to look locally" not in " ".join(i.value for i in at.info)
+
+
+def test_photo_outside_the_classes_and_chosen_class_reset() -> None:
+    at = run("views/3_explanations.py")
+    at.radio(key="exp_which").set_value("a class I choose")
+    run(at=at)
+    at.selectbox(key="exp_class_ViT").set_value(8)
+    run(at=at)
+    at.radio(key="image_source").set_value("Sample photo")
+    run(at=at)
+    ctx = at.session_state[S.CTX_KEY]
+    predicted = int(np.argmax(S.probabilities(ctx.trace(ctx.vit))))
+    assert at.selectbox(key="exp_class_ViT").value == predicted  # not the class chosen for the last image
+    assert any("start again from each model's prediction" in i.value for i in at.info)
+    warnings = [w.value for w in at.warning]
+    assert sum("is not one of the synthetic shapes" in w for w in warnings) == 2

@@ -1,17 +1,18 @@
 """Throughput of `python -m analysis.report --only rollout` against the bare forward pass, in one run.
 
-    python benchmarks/bench_report.py [--images 192] [--batch-size 16] [--weights random] [--device auto]
+    python benchmarks/bench_report.py [--images 192] [--batch-size 16] [--weights random] [--device auto] [--workers 1]
 
 Writes `--images` synthetic test images (224 px PNG) to a temporary folder, then measures:
 - bare forward: the models' plain `model(x)` (fused attention, no trace) on the already
   preprocessed batches, under inference_mode: images per second through all models;
 - report: the whole command in this process (`analysis.report.main`, timed around the call):
-  reading and decoding the files, each model's preprocessing, the trace, rollout, the overlay
-  pictures, the summaries, CSV, JSON and HTML. "loop" leaves out the one-off start (building the
-  models) and the final writing.
+  reading and decoding the files (in `--workers` DataLoader processes), each model's
+  preprocessing, the trace, rollout, the journal, the summaries, CSV, JSON, the overlay pictures
+  (the report's default: the first 64 images and the 16 least confident) and HTML. "loop" leaves
+  out the one-off start (building the models) and the final writing.
 
 Each is repeated (`--repeats`, interleaved) and the fastest run is kept, which is what the
-machine can do when other processes leave it alone. The target is report / forward >= 0.8.
+machine can do when other processes leave it alone. The target is report / forward >= 0.85.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ def main() -> None:
     p.add_argument("--weights", default=None, help="default: embedded when present, else random")
     p.add_argument("--device", default="auto")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--workers", type=int, default=None, help="the report's DataLoader workers (default: its own)")
     args = p.parse_args()
     weights = args.weights or ("embedded" if all(m in t2t.list_embedded() for m in args.models) else "random")
     device = t2t.default_device(None if args.device == "auto" else args.device)
@@ -72,7 +74,7 @@ def main() -> None:
         write_images(folder, args.images)
         argv = ["--models", *args.models, "--weights", weights, "--images", str(folder),
                 "--out", str(Path(tmp) / "out"), "--batch-size", str(args.batch_size), "--device", str(device),
-                "--only", "rollout"]
+                "--only", "rollout", *(["--workers", str(args.workers)] if args.workers is not None else [])]
         forward_seconds(models, folder, args.batch_size, device)  # warm-up: allocator, kernels, file cache
         fwd, full, loop = [], [], []
         for _ in range(args.repeats):
@@ -86,11 +88,12 @@ def main() -> None:
     print("runs (s): forward " + " ".join(f"{t:.2f}" for t in fwd) + " | report " + " ".join(f"{t:.2f}" for t in full))
     rate = lambda seconds: n / min(seconds)
     print(f"\n{n} images of 224 px, batch {args.batch_size}, models {', '.join(args.models)} ({weights} weights), "
-          f"{device}, {torch.get_num_threads()} threads")
+          f"{device}, {torch.get_num_threads()} threads, report workers "
+          f"{args.workers if args.workers is not None else 'default'}")
     print(f"bare forward (all models):        {rate(fwd):7.2f} images/s")
     print(f"report --only rollout, end to end: {rate(full):7.2f} images/s  ratio {min(fwd) / min(full):.2f}")
     print(f"report --only rollout, loop only:  {rate(loop):7.2f} images/s  ratio {min(fwd) / min(loop):.2f}")
-    print("target: ratio >= 0.80")
+    print("target: ratio >= 0.85")
 
 
 if __name__ == "__main__":

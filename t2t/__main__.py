@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
         validate.check(args, check)
         try:
             validate.run(args)
-        except (FileNotFoundError, ValueError) as e:  # a bad data folder or labels, a checkpoint that does not fit
+        except (FileNotFoundError, KeyError, ValueError) as e:  # data folder or labels, model name, checkpoint
             raise SystemExit(f"error: {e}") from e
         return
     rows = model_table()

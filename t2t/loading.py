@@ -36,15 +36,16 @@ def parse_weights(spec: str | None) -> bool | str | None:
     return WEIGHT_ALIASES.get(str(spec).strip().lower(), str(spec))
 
 
-def _create(name: str, pretrained: bool | str, use_ema: bool, num_classes: int | None) -> nn.Module:
+def _create(name: str, pretrained: bool | str, use_ema: bool, num_classes: int | None,
+            img_size: int | None) -> nn.Module:
     import t2t
 
-    return t2t.create_model(name, pretrained=pretrained, num_classes=num_classes, use_ema=use_ema)
+    return t2t.create_model(name, img_size, num_classes, pretrained=pretrained, use_ema=use_ema)
 
 
 def load_model(name: str, weights: str | None = "embedded", device: str | torch.device = "cpu", *,
                use_ema: bool = True, fallback: bool = False, seed: int = 0, num_classes: int | None = None,
-               match_architecture: bool = True) -> nn.Module:
+               match_architecture: bool = True, img_size: int | None = None) -> nn.Module:
     """A registry model with `weights` (see `parse_weights`), in eval mode on `device`.
 
     - use_ema: with an official `.pth.tar` holding an EMA copy, load it (as the official
@@ -55,6 +56,8 @@ def load_model(name: str, weights: str | None = "embedded", device: str | torch.
     - random weights are seeded (`seed`) without touching the global RNG; `num_classes` None gives
       the synthetic dataset's 10 classes, like the embedded models (1000 gives ImageNet's names).
     - `num_classes` with a checkpoint: None takes it from the checkpoint's head.
+    - img_size: the input size to run at (a multiple of 16; position embeddings are resized), None
+      the model's own (its card's, for the embedded models).
     - match_architecture: a checkpoint of another registry architecture (e.g. a T2T-ViT-14 file
       given with the default name t2t_vit_7) loads into that architecture, with a note; False
       raises the CheckpointError instead (the app, whose model name is the user's choice).
@@ -75,14 +78,14 @@ def load_model(name: str, weights: str | None = "embedded", device: str | torch.
     if pretrained is None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model = t2t.create_model(name, num_classes=num_classes or len(CLASS_NAMES))
+            model = t2t.create_model(name, img_size, num_classes=num_classes or len(CLASS_NAMES))
         if num_classes is None:
             model.class_names = list(CLASS_NAMES)
         model.default_cfg["weights"] = f"random (seed {seed})"
         model.default_cfg["state_dict_key"] = None
     else:
         try:
-            model = _create(name, pretrained, use_ema, num_classes)
+            model = _create(name, pretrained, use_ema, num_classes, img_size)
         except t2t.CheckpointError:
             if pretrained in (True, "embedded") or not match_architecture:
                 raise
@@ -92,7 +95,7 @@ def load_model(name: str, weights: str | None = "embedded", device: str | torch.
             if match is None or match == name:
                 raise
             print(f"note: {pretrained} holds a {match}, not a {name}; using {match}", file=sys.stderr)
-            model = _create(match, pretrained, use_ema, num_classes)
+            model = _create(match, pretrained, use_ema, num_classes, img_size)
         if model.class_names is None and isinstance(pretrained, str):
             model.class_names = checkpoint_class_names(pretrained, model.num_classes)
         model.default_cfg.setdefault("state_dict_key", None)

@@ -156,7 +156,8 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
     dist_ = Dist.from_env(args.device)
     try:
         device = dist_.device(args.device)
-        model = load_model(args.model, args.weights, device, use_ema=not args.no_ema, match_architecture=False)
+        model = load_model(args.model, args.weights, device, use_ema=not args.no_ema, match_architecture=False,
+                           img_size=args.img_size)
         labelled: Any = None
         if dist_.is_main:
             try:
@@ -253,6 +254,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto = this rank's GPU, else mps, else cpu")
     p.add_argument("--no-ema", action="store_true", help="load the checkpoint's state_dict, not its EMA weights")
     p.add_argument("--crop-pct", type=float, default=None, help="override the model's centre-crop fraction")
+    p.add_argument("--img-size", type=int, default=None,
+                   help="run the model at this input size (a multiple of 16; position embeddings resized)")
     p.add_argument("--amp", action="store_true",
                    help="bfloat16 autocast on a GPU (faster; a prediction near a tie may change)")
     p.add_argument("--worst", type=int, default=10, help="how many of the worst classes to analyse")
@@ -277,6 +280,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     check(args, p)
     try:
         return run(args)
-    except (FileNotFoundError, ValueError) as e:  # bad data folder / labels, checkpoint errors
+    except (FileNotFoundError, KeyError, ValueError) as e:  # bad data folder or labels, model name, checkpoint
         raise SystemExit(f"error: {e}") from e
 

@@ -190,6 +190,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--discard-rule", choices=DISCARD_RULES, default=None,
                    help="rollout and grad_rollout discard rule (default: analysis.rollout's)")
     p.add_argument("--crop-pct", type=float, default=None, help="override every model's centre-crop fraction")
+    p.add_argument("--img-size", type=int, default=None,
+                   help="run every model at this input size (a multiple of 16; position embeddings resized)")
     p.add_argument("--pictures", type=count, default=64, metavar="N|all",
                    help="draw the first N images and their maps (all: every image)")
     p.add_argument("--least-confident", type=int, default=16, metavar="K",

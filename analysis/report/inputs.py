@@ -7,6 +7,7 @@ indices to the ranks; each rank's DataLoader decodes and preprocesses its own sh
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,30 +37,37 @@ class Prepared:
     inputs: dict[tuple, Tensor] = field(default_factory=dict)  # key -> (3, S, S) normalised
 
 
-def find_images(inputs: Sequence[str | Path]) -> tuple[list[tuple[Path, str]], list[Skipped]]:
+def find_images(inputs: Sequence[str | Path]) -> tuple[list[tuple[str, str]], list[Skipped]]:
     """Files to analyse as (path, label), and inputs that do not exist.
 
-    A folder contributes every regular file below it (sorted, hidden ones left out), whatever its
-    extension: a file that turns out not to be an image is reported as skipped, never dropped
-    silently. Labels are paths relative to the folder given.
+    A folder contributes every regular file below it (sorted by path components, hidden ones left
+    out), whatever its extension: a file that turns out not to be an image is reported as skipped,
+    never dropped silently. Labels are paths relative to the folder given. Paths are kept as
+    strings and listed with os.walk: a million Path objects would cost the run about half a GB.
     """
-    files: list[tuple[Path, str]] = []
+    files: list[tuple[str, str]] = []
     missing: list[Skipped] = []
-    seen: set[Path] = set()
+    seen: set[str] = set()
     for item in inputs:
-        root = Path(item)
-        if root.is_dir():
-            found = sorted(p for p in root.rglob("*")
-                           if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
-            pairs = [(p, str(p.relative_to(root))) for p in found]
-        elif root.exists():
-            pairs = [(root, root.name)]
+        root = str(Path(item))
+        if os.path.isdir(root):
+            found: list[tuple[str, ...]] = []
+            for folder, dirs, names in os.walk(root):
+                dirs[:] = [d for d in dirs if not d.startswith(".")]
+                rel = os.path.relpath(folder, root)
+                parts = () if rel == "." else tuple(rel.split(os.sep))
+                found += [(*parts, n) for n in names
+                          if not n.startswith(".") and os.path.isfile(os.path.join(folder, n))]
+            pairs = [(os.path.join(root, *parts), "/".join(parts)) for parts in sorted(found)]
+        elif os.path.exists(root):
+            pairs = [(root, os.path.basename(root))]
         else:
-            missing.append(Skipped(str(root), "not found"))
+            missing.append(Skipped(root, "not found"))
             continue
         for p, label in pairs:
-            if p.resolve() not in seen:
-                seen.add(p.resolve())
+            real = os.path.realpath(p)
+            if real not in seen:
+                seen.add(real)
                 files.append((p, label))
     return files, missing
 
@@ -69,7 +77,7 @@ def transform_key(model: nn.Module, crop_pct: float | None = None) -> Transform:
     return eval_transform(model, crop_pct)
 
 
-def prepare(path: Path, label: str, index: int, keys: Sequence[Transform]) -> Prepared | Skipped:
+def prepare(path: str | Path, label: str, index: int, keys: Sequence[Transform]) -> Prepared | Skipped:
     """Decode and preprocess one file, or say why it cannot be used."""
     try:
         size, inputs = read_inputs(path, list(keys))
@@ -81,7 +89,7 @@ def prepare(path: Path, label: str, index: int, keys: Sequence[Transform]) -> Pr
 class ReportImages(Dataset):
     """Item i of the file list -> `Prepared` or `Skipped`, for every distinct transform of the models."""
 
-    def __init__(self, files: Sequence[tuple[Path, str]], keys: Sequence[Transform]) -> None:
+    def __init__(self, files: Sequence[tuple[str, str]], keys: Sequence[Transform]) -> None:
         self.files, self.keys = list(files), list(dict.fromkeys(keys))
 
     def __len__(self) -> int:
@@ -97,7 +105,7 @@ def as_list(items: list[Prepared | Skipped]) -> list[Prepared | Skipped]:
     return items
 
 
-def make_loader(files: Sequence[tuple[Path, str]], keys: Sequence[Transform], batches: list[list[int]],
+def make_loader(files: Sequence[tuple[str, str]], keys: Sequence[Transform], batches: list[list[int]],
                 workers: int) -> DataLoader:
     """Batches of exactly the given file indices, decoded by `workers` processes (0: in this process)."""
     return DataLoader(ReportImages(files, keys), batch_sampler=batches, collate_fn=as_list, num_workers=workers)
@@ -113,7 +121,7 @@ def load_models(args: argparse.Namespace, device: torch.device) -> list[nn.Modul
         raise SystemExit(f"error: --weights takes one value for all models or one per model "
                          f"({len(args.models)}), got {len(weights)}")
     try:
-        return [load_model(n, w, device, seed=args.seed, use_ema=not args.no_ema)
+        return [load_model(n, w, device, seed=args.seed, use_ema=not args.no_ema, img_size=args.img_size)
                 for n, w in zip(args.models, weights, strict=True)]
-    except (t2t.CheckpointError, KeyError) as e:
+    except (t2t.CheckpointError, KeyError, ValueError) as e:  # ValueError: an img_size not a multiple of 16
         raise SystemExit(f"error: {e}") from e

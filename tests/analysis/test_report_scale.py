@@ -200,3 +200,23 @@ def test_integrated_gradients_completeness_is_recorded_and_shown(single, tmp_pat
                   for r in data["results"])
     assert page.count("&#9888; completeness gap") == flagged
     assert data["summary"][MODEL]["completeness"]["integrated_gradients"]["above_tolerance"] == flagged
+
+
+def test_the_ema_choice_and_the_dictionary_loaded_are_recorded(single, tmp_path):
+    """An official-style checkpoint with state_dict and state_dict_ema: the report loads the EMA weights
+    unless --no-ema, and results.json says which dictionary it loaded."""
+    plain, ema = (t2t.create_model(MODEL, num_classes=10) for _ in range(2))
+    ckpt = tmp_path / "ckpt.pth.tar"
+    torch.save({"state_dict": plain.state_dict(), "state_dict_ema": ema.state_dict()}, ckpt)
+    image = str(single.root / "images" / "img_00.png")
+    for flag, key, weights in (([], "state_dict_ema", ema), (["--no-ema"], "state_dict", plain)):
+        out = tmp_path / key
+        report.main(["--models", MODEL, "--weights", str(ckpt), "--images", image, "--out", str(out), "--only",
+                     "rollout", "--workers", "0", *flag])
+        data = json.loads((out / "results.json").read_text())
+        assert data["models"][0]["state_dict_key"] == key and data["models"][0]["use_ema"] == (not flag)
+        cfg = weights.default_cfg
+        x = preprocess(open_image(image), cfg["mean"], cfg["std"], 224, cfg["crop_pct"])
+        with torch.no_grad():
+            probs = weights.eval()(x).softmax(-1)[0]
+        assert data["results"][0]["pred_prob"] == pytest.approx(float(probs.max()), rel=1e-5)

@@ -85,8 +85,8 @@ if st.session_state.get("exp_class_view") != view:
         st.session_state.pop(f"exp_class_{lm.role}", None)
     st.session_state["exp_class_view"] = view
     if had_choice:
-        st.session_state["exp_class_reset"] = True
-if which == "a class I choose" and st.session_state.pop("exp_class_reset", False):
+        st.session_state["exp_class_reset"] = view  # said until a class is chosen again
+if which == "a class I choose" and st.session_state.get("exp_class_reset") == view:
     st.info("New image or model: the chosen classes start again from each model's prediction.")
 
 targets: dict[str, int] = {}
@@ -98,7 +98,8 @@ for lm in ctx.models:
         targets[lm.role] = predicted
     else:
         targets[lm.role] = st.selectbox(f"Class for {lm.role} ({lm.name})", range(len(names)), index=predicted,
-                                        format_func=names.__getitem__, key=f"exp_class_{lm.role}")
+                                        format_func=names.__getitem__, key=f"exp_class_{lm.role}",
+                                        on_change=st.session_state.pop, args=("exp_class_reset", None))
 cols = st.columns(2)
 for col, lm in zip(cols, ctx.models, strict=True):
     probs = S.probabilities(ctx.trace(lm))

@@ -1,13 +1,17 @@
 """Caches and the per-run context that every page of the app reads.
 
-What is expensive is computed once and reused:
+What is expensive is computed once and reused, by every session of the server:
 
-- models: `load_model` (st.cache_resource), keyed by name, weights and device;
-- images: decoded once per content hash (`image_from_bytes`), samples and synthetic examples once;
-- preprocessing and traces: keyed by model key + image key. st.cache_resource, not cache_data: a
-  hit returns the same tensors without pickling a copy, so a rerun that needs no new forward pass
-  costs only the figures;
-- explanations, faithfulness, metrics, CKA: keyed by model key + image key + their own parameters.
+- models: `load_model` (st.cache_resource), keyed by name, weights and device (a few at most);
+- everything per image (decoded uploads, preprocessing, traces, explanations, faithfulness,
+  metrics, CKA): `@memo`, keyed by model key + image key + its own parameters, in one `CACHE`
+  bounded by bytes ($T2T_LENS_CACHE_MB, default 768 MB: see app/_cache.py), least recently used
+  out first. A hit returns the same tensors without a copy, so a rerun that needs no new forward
+  pass costs only the figures. What no session shows any more ages out of the budget;
+- heavy work (Integrated Gradients, occlusion, token ablation, CKA: `HEAVY`; faithfulness curves:
+  `QUICK`) runs in fair queues of a few worker threads shared by all sessions (`background`): the
+  page is drawn at once with a progress bar in the result's place, which reruns the page when the
+  result is ready; one student's jobs take turns with everyone else's.
 
 The sidebar (main.py) builds a `Context` each run and stores it in session state; pages call
 `context()` to get it. Out-of-memory on the GPU switches the session to the CPU (`guarded`).
@@ -15,10 +19,15 @@ The sidebar (main.py) builds a `Context` each run and stores it in session state
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib
+import inspect
 import os
 import re
 import tempfile
+import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +40,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 import t2t
+from app._cache import Abandoned, ByteCache, FairQueue, Job
 from t2t.images import ImageError, PreprocessSteps, open_image, preprocess_steps, sample_images
 
 T = TypeVar("T")
@@ -86,6 +96,181 @@ def configure_threads(device: str) -> int:
     if device == "cpu" and torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return torch.get_num_threads()
+
+
+# ----------------------------------------------------------------------------------------------
+# The shared cache and the queues for heavy work (one of each per server process)
+# ----------------------------------------------------------------------------------------------
+
+CACHE_ENV = "T2T_LENS_CACHE_MB"
+DEFAULT_CACHE_MB = 768
+
+
+def cache_budget() -> int:
+    """Bytes the per-image cache may hold: $T2T_LENS_CACHE_MB megabytes, else 768 MB."""
+    env = os.environ.get(CACHE_ENV, "").strip()
+    return (int(env) if env.isdigit() and int(env) > 0 else DEFAULT_CACHE_MB) * 1024 * 1024
+
+
+CACHE = ByteCache(cache_budget())
+
+
+def _worker_setup() -> None:
+    torch.set_num_threads(cpu_threads())  # per thread, as for a script run
+
+
+_CORES = os.cpu_count() or 2
+# short jobs (faithfulness curves, ~1 s each on a CPU): one per core, so a page's four run two at a time
+QUICK = FairQueue(_CORES, "t2t-lens-quick", setup=_worker_setup)
+# long jobs (Integrated Gradients, occlusion, ablation, CKA: tens of seconds on a CPU): half the cores,
+# so the other half is left for everyone's page runs
+HEAVY = FairQueue(max(1, _CORES // 2), "t2t-lens-heavy", setup=_worker_setup)
+
+
+def memo(fn: Callable[..., T]) -> Callable[..., T]:
+    """Cache `fn`'s results in `CACHE`, like st.cache_resource but bounded by bytes.
+
+    As with Streamlit, arguments whose name starts with "_" are not part of the key (models,
+    tensors, traces: the model and image keys before them name what they are). Two sessions asking
+    for the same key at once compute it once.
+    """
+    sig = inspect.signature(fn)
+
+    def key_of(*args: Any, **kwargs: Any) -> tuple:
+        bound = sig.bind(*args, **kwargs)
+        bound.apply_defaults()
+        return (fn.__qualname__, *((k, v) for k, v in bound.arguments.items() if not k.startswith("_")))
+
+    @functools.wraps(fn)
+    def cached(*args: Any, **kwargs: Any) -> T:
+        return CACHE.get_or_compute(key_of(*args, **kwargs), lambda: fn(*args, **kwargs))
+
+    cached.key_of = key_of  # type: ignore[attr-defined]
+    return cached
+
+
+def browser_polls() -> bool:
+    """True when a browser runs this session (it reruns fragments on their timer); False under AppTest
+    (a mock runtime) or in bare mode, where nothing would ever rerun the page."""
+    from streamlit import runtime
+
+    return runtime.exists() and type(runtime.get_instance()) is runtime.Runtime
+
+
+def _session_id() -> str:
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    ctx = get_script_run_ctx()
+    return ctx.session_id if ctx is not None else "no-session"
+
+
+def background(queue: FairQueue, label: str, fn: Callable[..., T], *args: Any) -> T | None:
+    """`fn(*args)` (a @memo function, so cached in `CACHE`), computed by `queue`'s workers.
+
+    In a browser session: the value when it is cached; otherwise the job is queued (or found
+    queued), a progress bar (the first of this run in this queue: its place in the queue or its
+    running time, for all of them) or a caption is drawn here, and None is returned: the page goes on,
+    and the bar's fragment reruns the page when all those values are ready.
+    Without a browser (AppTest) this waits for the value.
+    """
+    key = fn.key_of(*args)  # type: ignore[attr-defined]
+    found, value = CACHE.peek(key)
+    if found:
+        return value
+    while True:
+        job = queue.submit(key, _session_id(), label, lambda: fn(*args))
+        if not browser_polls() or job.done:
+            try:
+                return job.future.result()
+            except Abandoned:  # dropped just before this session asked again: queue it anew
+                continue
+        group = st.session_state.setdefault(_JOBS_KEY, {}).setdefault(queue.name, [])
+        group.append(job)
+        if len(group) == 1:  # one live bar per queue and run, where its first job's result goes
+            _progress(queue, group)
+        else:
+            st.caption(f"{label}: computing in the background (progress above) …")
+        return None
+
+
+_JOBS_KEY = "_t2t_lens_jobs"
+
+
+def new_run() -> None:
+    """Start this session's lists of the background jobs the current run waits for (main.py, each run).
+
+    One progress bar per queue and run, and one rerun when all of its jobs are done: every poll is a
+    small script run holding the GIL, and every rerun of a busy page costs a second or more, so a bar
+    per job (four faithfulness jobs: eight polls a second, four reruns) slowed the jobs themselves
+    several times over on a 2-core machine."""
+    st.session_state[_JOBS_KEY] = {}
+
+
+def _progress_text(queue: FairQueue, group: list[Job]) -> tuple[float, str]:
+    """(fraction done, what is going on) for the jobs of one run in one queue."""
+    labels = sorted({j.label.split(" for ")[0] for j in group})
+    what = ", ".join(labels)
+    done = sum(j.done for j in group)
+    running = [j for j in group if j.started is not None and not j.done]
+    waiting = [j for j in group if j.started is None and not j.done]
+    partial = 0.0
+    for j in running:
+        last = queue.durations.get(j.label)
+        partial += min(0.95, j.elapsed() / last) if last else 0.05
+    fraction = min(1.0, (done + partial) / len(group))
+    text = f"{what}: {done} of {len(group)} done"
+    if running:
+        text += f", running for {max(j.elapsed() for j in running):.0f} s"
+    if waiting and not running:
+        ahead = min(queue.ahead(j) for j in waiting)
+        text += f", waiting for a free worker ({ahead} job{'s' * (ahead != 1)} of others ahead)"
+    return fraction, text
+
+
+def _progress(queue: FairQueue, group: list[Job]) -> None:
+    """A progress bar for `group` that updates itself every second and reruns the page when every job
+    of it is done (more jobs join the group later in the same run)."""
+
+    def poll() -> None:
+        now = time.monotonic()
+        for j in group:
+            j.wanted = now  # a session still waits for them: keep them queued
+        if all(j.done for j in group):
+            st.rerun(scope="app")
+        fraction, text = _progress_text(queue, group)
+        st.progress(fraction, text=text)
+
+    poll.__qualname__ = f"poll_{queue.name}"  # fragments are told apart by their function
+    st.fragment(poll, run_every=1.0)()
+
+
+# Every module the pages use, the lazily imported ones included (analysis/ imports its Captum and
+# SciPy parts inside functions; plotly and Streamlit reach for pandas and pyarrow when they need them).
+PAGE_MODULES = (
+    "pandas", "pyarrow", "plotly.graph_objects", "plotly.colors", "plotly.io", "matplotlib", "matplotlib.colors",
+    "captum.attr", "t2t.data.synthetic", "analysis.explain", "analysis.maps", "analysis.rollout",
+    "analysis.relevance", "analysis.attributions", "analysis.modelio", "analysis.faithfulness",
+    "analysis.attention_stats", "analysis.redundancy", "analysis.cka", "analysis.t2t_backproject",
+)
+_IMPORTED = threading.Event()
+_IMPORT_LOCK = threading.Lock()
+
+
+def import_page_modules() -> None:
+    """Import what the pages need, once per process, before any page runs (main.py calls it first).
+
+    Sessions run as threads of one process. A module imported for the first time by one session can
+    be seen half-initialised by another that reaches it through sys.modules rather than an import
+    statement (plotly does so for pandas: "partially initialized module 'pandas' has no attribute
+    'Series'"). Here the first run imports everything while every other run waits at the lock.
+    """
+    if _IMPORTED.is_set():
+        return
+    with _IMPORT_LOCK:
+        if not _IMPORTED.is_set():
+            for name in PAGE_MODULES:
+                importlib.import_module(name)
+            _IMPORTED.set()
 
 
 def fall_back_to_cpu(err: BaseException) -> NoReturn:
@@ -251,7 +436,7 @@ class ImageChoice:
     image: Image.Image = field(compare=False, repr=False)
 
 
-@st.cache_resource(max_entries=32, show_spinner=False)
+@memo
 def _decode(digest: str, _data: bytes) -> Image.Image:
     return open_image(_data)
 
@@ -268,7 +453,7 @@ def upload_error_message(name: str, err: Exception) -> str:
     return f"Cannot use '{name}': {err}"
 
 
-@st.cache_resource(max_entries=16, show_spinner=False)
+@memo
 def _sample(name: str) -> Image.Image:
     return open_image(sample_images()[name])
 
@@ -283,7 +468,7 @@ def synthetic_class_names() -> tuple[str, ...]:
     return CLASS_NAMES
 
 
-@st.cache_resource(max_entries=256, show_spinner=False)
+@memo
 def _synthetic(index: int, img_size: int) -> Image.Image:
     from t2t.data.synthetic import LocalStructureDataset
 
@@ -312,7 +497,7 @@ def default_image() -> ImageChoice:
 # ----------------------------------------------------------------------------------------------
 
 
-@st.cache_resource(max_entries=64, show_spinner=False)
+@memo
 def _preprocessed(model_key: str, image_key: str, _lm: LoadedModel, _img: Image.Image) -> PreprocessSteps:
     cfg = _lm.cfg
     return preprocess_steps(_img, cfg["mean"], cfg["std"], _lm.img_size, _lm.crop_pct)
@@ -322,7 +507,7 @@ def preprocessed(lm: LoadedModel, image: ImageChoice) -> PreprocessSteps:
     return _preprocessed(lm.key, image.key, lm, image.image)
 
 
-@st.cache_resource(max_entries=16, show_spinner="Running the model …")
+@memo
 def _traced(model_key: str, image_key: str, _model: nn.Module, _x: Tensor) -> t2t.Trace:
     with torch.no_grad():
         return t2t.trace(_model, _x, attention=True)
@@ -330,7 +515,10 @@ def _traced(model_key: str, image_key: str, _model: nn.Module, _x: Tensor) -> t2
 
 def traced(lm: LoadedModel, image: ImageChoice) -> t2t.Trace:
     x = preprocessed(lm, image).tensor
-    return guarded(lambda: _traced(lm.key, image.key, lm.model, x.to(lm.device)))
+    if _traced.key_of(lm.key, image.key, lm.model, x) in CACHE:  # type: ignore[attr-defined]
+        return _traced(lm.key, image.key, lm.model, x)
+    with st.spinner("Running the model …"):
+        return guarded(lambda: _traced(lm.key, image.key, lm.model, x.to(lm.device)))
 
 
 @dataclass
@@ -385,7 +573,7 @@ def top_k(probs: np.ndarray, names: Sequence[str], k: int = 5) -> list[tuple[str
     return [(names[i], float(probs[i])) for i in order]
 
 
-@st.cache_resource(max_entries=512, show_spinner=False)
+@memo
 def _predict(model_key: str, image_key: str, _lm: LoadedModel, _img: Image.Image) -> np.ndarray:
     x = _preprocessed(model_key, image_key, _lm, _img).tensor.to(_lm.device)
     with torch.no_grad():
@@ -414,7 +602,7 @@ METHOD_NAMES = {
 }
 
 
-@st.cache_resource(max_entries=64, show_spinner=False)
+@memo
 def _explanation(model_key: str, image_key: str, method: str, target: int, _model: nn.Module, _x: Tensor) -> Tensor:
     from analysis.explain import explain
 
@@ -425,7 +613,7 @@ def _explanation(model_key: str, image_key: str, method: str, target: int, _mode
     return heat[0].detach().float().cpu()
 
 
-@st.cache_resource(max_entries=64, show_spinner=False)
+@memo
 def _rollout(model_key: str, image_key: str, _tr: t2t.Trace) -> Tensor:
     from analysis.maps import tokens_to_grid
     from analysis.rollout import cls_rollout
@@ -433,18 +621,22 @@ def _rollout(model_key: str, image_key: str, _tr: t2t.Trace) -> Tensor:
     return tokens_to_grid(cls_rollout(_tr.attentions()), tuple(_tr.grid("blocks.0")))[0].float().cpu()
 
 
-def explanation(ctx: Context, lm: LoadedModel, method: str, target: int) -> Tensor:
+def explanation(ctx: Context, lm: LoadedModel, method: str, target: int) -> Tensor | None:
     """Token-grid map (h, w) of `method` for class `target` (ignored by rollout).
 
     Rollout reads the attention of the cached trace (no forward pass of its own); the gradient
-    methods run `analysis.explain.explain`.
+    methods run `analysis.explain.explain`. The expensive methods run in the `HEAVY` queue: None
+    while they are computed (a progress bar is drawn instead, see `background`).
     """
     if method == "rollout":
         return guarded(_rollout, lm.key, ctx.image.key, ctx.trace(lm))
+    if method in EXPENSIVE_METHODS:
+        return guarded(background, HEAVY, f"{METHOD_NAMES[method]} for {lm.name}", _explanation, lm.key,
+                       ctx.image.key, method, target, lm.model, ctx.inputs(lm))
     return guarded(_explanation, lm.key, ctx.image.key, method, target, lm.model, ctx.inputs(lm))
 
 
-@st.cache_resource(max_entries=64, show_spinner=False)
+@memo
 def _explanation_pixels(model_key: str, image_key: str, method: str, target: int, mode: str, _heat: Tensor,
                         _tr: t2t.Trace, family: str) -> tuple[Tensor, list[tuple[str, Tensor]] | None]:
     from analysis.maps import normalize_map, upsample_map
@@ -469,7 +661,7 @@ def explanation_pixels(ctx: Context, lm: LoadedModel, method: str, target: int,
     return _explanation_pixels(lm.key, ctx.image.key, method, t, mode, heat, ctx.trace(lm), lm.family)
 
 
-@st.cache_resource(max_entries=64, show_spinner=False)
+@memo
 def _faithfulness(model_key: str, image_key: str, map_id: str, target: int, steps: int,
                   _model: nn.Module, _x: Tensor, _saliency: Tensor) -> tuple[float, float]:
     from analysis.faithfulness import deletion_insertion, model_score_fn
@@ -481,9 +673,14 @@ def _faithfulness(model_key: str, image_key: str, map_id: str, target: int, step
 
 
 def faithfulness_scores(ctx: Context, lm: LoadedModel, map_id: str, saliency: Tensor, target: int,
-                        steps: int) -> tuple[float, float]:
-    """(deletion AUC, insertion AUC) of a map (h, w) or (S, S) for class `target`; `map_id` names it."""
-    return guarded(_faithfulness, lm.key, ctx.image.key, map_id, target, steps, lm.model, ctx.inputs(lm), saliency)
+                        steps: int) -> tuple[float, float] | None:
+    """(deletion AUC, insertion AUC) of a map (h, w) or (S, S) for class `target`; `map_id` names it.
+
+    Computed in the `QUICK` queue, so a page's maps are drawn while their curves run two at a time:
+    None until then (a progress bar stands in their place, see `background`).
+    """
+    return guarded(background, QUICK, f"Deletion / insertion for {lm.name}", _faithfulness, lm.key, ctx.image.key,
+                   map_id, target, steps, lm.model, ctx.inputs(lm), saliency)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -491,7 +688,7 @@ def faithfulness_scores(ctx: Context, lm: LoadedModel, map_id: str, saliency: Te
 # ----------------------------------------------------------------------------------------------
 
 
-@st.cache_resource(max_entries=32, show_spinner=False)
+@memo
 def _attention_profile(model_key: str, image_key: str, _tr: t2t.Trace) -> dict[str, np.ndarray]:
     from analysis.attention_stats import attention_profile
 
@@ -506,7 +703,7 @@ def attention_profile(ctx: Context, lm: LoadedModel) -> dict[str, np.ndarray]:
     return _attention_profile(lm.key, ctx.image.key, ctx.trace(lm))
 
 
-@st.cache_resource(max_entries=32, show_spinner=False)
+@memo
 def _redundancy(model_key: str, image_key: str, threshold: float, _tr: t2t.Trace) -> dict[str, np.ndarray]:
     from analysis.redundancy import trace_metrics
 
@@ -523,7 +720,7 @@ def batch_inputs(lm: LoadedModel, images: Sequence[ImageChoice]) -> Tensor:
     return torch.cat([preprocessed(lm, im).tensor for im in images]).to(lm.device)
 
 
-@st.cache_resource(max_entries=8, show_spinner="Computing CKA on synthetic images …")
+@memo
 def _cka(key1: str, key2: str, n: int, reduce: str, _lm1: LoadedModel, _lm2: LoadedModel) -> np.ndarray:
     from analysis.cka import block_features, cka_matrix
 
@@ -539,9 +736,11 @@ def _cka(key1: str, key2: str, n: int, reduce: str, _lm1: LoadedModel, _lm2: Loa
     return cka_matrix(feats[0], feats[1]).float().numpy()
 
 
-def cka(lm1: LoadedModel, lm2: LoadedModel, n: int, reduce: str) -> np.ndarray:
-    """(L1, L2) linear CKA between every block of two models over `n` synthetic test images."""
-    return guarded(_cka, lm1.key, lm2.key, n, reduce, lm1, lm2)
+def cka(lm1: LoadedModel, lm2: LoadedModel, n: int, reduce: str) -> np.ndarray | None:
+    """(L1, L2) linear CKA between every block of two models over `n` synthetic test images.
+
+    Runs in the `HEAVY` queue: None while it is computed (a progress bar is drawn instead)."""
+    return guarded(background, HEAVY, f"CKA over {n} images", _cka, lm1.key, lm2.key, n, reduce, lm1, lm2)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -587,7 +786,7 @@ def scaled_index(index: int, size_from: int, size_to: int) -> int:
 # ----------------------------------------------------------------------------------------------
 
 
-@st.cache_resource(max_entries=64, show_spinner=False)
+@memo
 def _explanation_opts(model_key: str, image_key: str, method: str, target: int, options: tuple,
                       _model: nn.Module, _x: Tensor) -> tuple[Tensor, dict[str, float] | None]:
     from analysis.explain import explain
@@ -605,14 +804,18 @@ def _explanation_opts(model_key: str, image_key: str, method: str, target: int, 
 
 
 def explanation_with(ctx: Context, lm: LoadedModel, method: str, target: int,
-                     **options: Any) -> tuple[Tensor, dict[str, float] | None]:
+                     **options: Any) -> tuple[Tensor, dict[str, float] | None] | None:
     """`explain(method, ..., **options)` as a token-grid map (h, w), and with
-    `return_completeness=True` IG's {"delta", "output_change", "relative_gap"} (else None)."""
-    return guarded(_explanation_opts, lm.key, ctx.image.key, method, target, tuple(sorted(options.items())),
-                   lm.model, ctx.inputs(lm))
+    `return_completeness=True` IG's {"delta", "output_change", "relative_gap"} (else None).
+
+    The expensive methods run in the `HEAVY` queue: None while they are computed (see `background`)."""
+    args = (lm.key, ctx.image.key, method, target, tuple(sorted(options.items())), lm.model, ctx.inputs(lm))
+    if method in EXPENSIVE_METHODS:
+        return guarded(background, HEAVY, f"{METHOD_NAMES[method]} for {lm.name}", _explanation_opts, *args)
+    return guarded(_explanation_opts, *args)
 
 
-@st.cache_resource(max_entries=64, show_spinner=False)
+@memo
 def _rollout_rule(model_key: str, image_key: str, discard: str, ratio: float, _tr: t2t.Trace) -> Tensor:
     from analysis.maps import tokens_to_grid
     from analysis.rollout import cls_rollout
@@ -632,7 +835,7 @@ def pixels_of(ctx: Context, lm: LoadedModel, map_id: str, heat: Tensor,
     return _explanation_pixels(lm.key, ctx.image.key, map_id, -1, mode, heat, ctx.trace(lm), lm.family)
 
 
-@st.cache_resource(max_entries=32, show_spinner=False)
+@memo
 def _block_metrics(model_key: str, image_key: str, threshold: float, metrics: tuple[str, ...],
                    _tr: t2t.Trace) -> dict[str, np.ndarray]:
     from analysis.redundancy import trace_metrics
@@ -650,7 +853,7 @@ def block_metrics(ctx: Context, lm: LoadedModel, threshold: float, metrics: tupl
     return _block_metrics(lm.key, ctx.image.key, threshold, tuple(metrics), ctx.trace(lm))
 
 
-@st.cache_resource(max_entries=32, show_spinner=False)
+@memo
 def _t2t_concentration(model_key: str, image_key: str, name: str, share: float, _tr: t2t.Trace) -> dict[str, float]:
     n = _tr.attention_row_sums(name).shape[1]
     k = max(1, int(n * share))

@@ -385,6 +385,7 @@ def sidebar() -> tuple[S.Context, list[str]]:
 
 
 page = st.navigation(PAGES)
+S.new_run()
 restore_from_url(page.url_path)
 context, messages = sidebar()
 st.session_state[S.CTX_KEY] = context

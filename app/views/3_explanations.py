@@ -123,7 +123,8 @@ def method_map(lm: S.LoadedModel, method: str, target: int) -> tuple[str, object
         heat, _ = S.explanation_with(ctx, lm, method, target, discard=rule, discard_ratio=ratio)
         return f"grad_rollout|{rule}|{ratio:g}|{target}", heat, None
     if method == "integrated_gradients" and HAS_COMPLETENESS:
-        heat, completeness = S.explanation_with(ctx, lm, method, target, return_completeness=True)
+        done = S.explanation_with(ctx, lm, method, target, return_completeness=True)  # None while it runs
+        heat, completeness = done if done is not None else (None, None)
         return f"integrated_gradients|{target}", heat, completeness
     return f"{method}|{target}", S.explanation(ctx, lm, method, target), None
 
@@ -152,6 +153,8 @@ for method in methods:
         with col:
             with st.spinner(f"{S.METHOD_NAMES[method]} for {lm.name} …"):
                 map_id, heat, gap = method_map(lm, method, targets[lm.role])
+                if heat is None:  # a slow method still running: its progress bar is drawn instead
+                    continue
                 pix, stages = S.pixels_of(ctx, lm, map_id, heat, carry)
             if stages is not None:
                 journeys[method] = stages
@@ -164,9 +167,10 @@ for method in methods:
                 completeness_note(lm, gap)
             C.domain_notice(lm, ctx.image, short=True)
             if score:
-                with st.spinner("Deletion / insertion …"):
-                    deletion, insertion = S.faithfulness_scores(ctx, lm, f"{map_id}|{carry}", pix,
-                                                                targets[lm.role], steps)
+                auc = S.faithfulness_scores(ctx, lm, f"{map_id}|{carry}", pix, targets[lm.role], steps)
+                if auc is None:  # computed in the background: a progress bar is drawn until it is ready
+                    continue
+                deletion, insertion = auc
                 scores.setdefault(method, {})[lm.role] = (deletion, insertion)
                 m1, m2 = st.columns(2)
                 m1.metric("Deletion AUC (lower is better)", f"{deletion:.3f}")

@@ -125,12 +125,13 @@ run_cka = k3.toggle("Compute CKA", key="cka_on",
                     help="Runs both models on a batch of synthetic images: a few seconds on a CPU. "
                     "Does not depend on the chosen image, so it is computed once per model pair.")
 if run_cka:
-    values = S.cka(ctx.t2t, ctx.vit, int(n_images), reduce)
-    C.show(C.matrix_figure(values, f"{ctx.vit.role} block", f"{ctx.t2t.role} block",
-                           f"Linear CKA over {n_images} synthetic images"),
-           key="cka_matrix")
-    st.caption("Bright cells pair blocks that represent the images alike. A bright diagonal band means the two "
-               "models build their features in the same order; a bright top-left block would mean T2T-ViT's "
-               "first blocks already compute what ViT computes later.")
+    values = S.cka(ctx.t2t, ctx.vit, int(n_images), reduce)  # None while it runs: a progress bar instead
+    if values is not None:
+        C.show(C.matrix_figure(values, f"{ctx.vit.role} block", f"{ctx.t2t.role} block",
+                               f"Linear CKA over {n_images} synthetic images"),
+               key="cka_matrix")
+        st.caption("Bright cells pair blocks that represent the images alike. A bright diagonal band means the two "
+                   "models build their features in the same order; a bright top-left block would mean T2T-ViT's "
+                   "first blocks already compute what ViT computes later.")
 else:
     st.caption("Switch on *Compute CKA* to compare the blocks of the two models.")

@@ -1,0 +1,150 @@
+"""One server, a class of students: memory and latency of `streamlit run` under several Chromium sessions.
+
+    .venv/bin/python benchmarks/bench_server.py [--sessions 4] [--seconds 120] [--port 8523]
+
+Starts the app, opens `--sessions` Chromium pages (each its own browser context, so its own Streamlit
+session), and lets each one, at the same time as the others, repeat: upload an image no one has
+uploaded before (a random crop of a sample photo with its own noise, 160-900 px), then open the next
+page of the app. Every action is timed from just before it until its script run is over and painted
+(benchmarks/_browser.py). Prints the server's resident memory (VmRSS) every 20 uploaded images and,
+at the end, per-step latency (median, max) and the RSS curve after the warm-up (the first 20 images):
+flat means the caches hold memory to their budget whatever the number of images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import os
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks._browser import CHROMIUM, CHROMIUM_ARGS, IDLE_AFTER, RECORDER, TWO_FRAMES, rss_bytes, streamlit_server  # noqa: E402,I001
+
+PAGES = ["tokens", "attention", "explanations", "features", "classify"]
+QUIET = ("() => { const r = window.__runs || []; return r.length > 0 && r[r.length - 1][1] === 'notRunning' "
+         "&& !document.querySelector('[data-testid=\"stSkeleton\"]'); }")
+
+
+def distinct_png(rng: random.Random, serial: int) -> bytes:
+    """A PNG no one uploaded before: a random crop of a sample photo, resized, with its own noise."""
+    import numpy as np
+    from PIL import Image
+
+    from t2t.images import sample_images
+
+    path = rng.choice(sorted(sample_images().values()))
+    with Image.open(path) as im:
+        img = im.convert("RGB")
+    w, h = img.size
+    cw, ch = rng.randint(w // 3, w), rng.randint(h // 3, h)
+    left, top = rng.randint(0, w - cw), rng.randint(0, h - ch)
+    side = rng.randint(160, 900)
+    img = img.crop((left, top, left + cw, top + ch)).resize((side, max(32, side * ch // cw)))
+    noise = np.random.default_rng(serial).integers(-8, 9, size=(img.size[1], img.size[0], 3))
+    pixels = np.clip(np.asarray(img, dtype=np.int16) + noise, 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "PNG", compress_level=1)
+    return buf.getvalue()
+
+
+class Stats:
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.images = 0
+        self.rss: list[tuple[int, float]] = []  # (images uploaded so far, GB)
+        self.steps: dict[str, list[float]] = {}
+        self.errors: list[str] = []
+        self.start = time.perf_counter()
+
+    def uploaded(self) -> None:
+        self.images += 1
+        if self.images % 20 == 0:
+            gb = rss_bytes(self.pid) / 1e9
+            self.rss.append((self.images, gb))
+            print(f"{self.images:4d} images  server RSS {gb:.2f} GB  ({time.perf_counter() - self.start:.0f} s)",
+                  flush=True)
+
+
+async def timed(page, action) -> float:
+    t0 = await page.evaluate("() => performance.now()")
+    await action()
+    await page.wait_for_function(IDLE_AFTER, arg=t0, timeout=600_000, polling=50)
+    t1 = await page.evaluate(TWO_FRAMES)
+    return (t1 - t0) / 1000
+
+
+async def session(browser, url: str, index: int, stats: Stats, until: float) -> None:
+    context = await browser.new_context(viewport={"width": 1600, "height": 1000})
+    page = await context.new_page()
+    await page.add_init_script(RECORDER)
+    await page.goto(url)
+    await page.wait_for_function(QUIET, timeout=600_000)
+    sidebar = page.locator('[data-testid="stSidebar"]')
+    await timed(page, lambda: sidebar.get_by_text("Upload", exact=True).click())
+    rng = random.Random(index)
+    step = 0
+    while time.perf_counter() < until:
+        serial = 1000 * index + step
+        data = distinct_png(rng, serial)
+        upload = sidebar.locator('input[type="file"]').first
+        files = [{"name": f"s{index}_{serial}.png", "mimeType": "image/png", "buffer": data}]
+        seconds = await timed(page, lambda upload=upload, files=files: upload.set_input_files(files=files))
+        stats.steps.setdefault("upload", []).append(seconds)
+        stats.uploaded()
+        name = PAGES[(step + index) % len(PAGES)]
+        nav = page.locator('[data-testid="stSidebarNav"] a')
+        link = nav.first if name == PAGES[0] else page.locator(f'[data-testid="stSidebarNav"] a[href$="/{name}"]')
+        stats.steps.setdefault(name, []).append(await timed(page, link.click))
+        boxes = page.locator('[data-testid="stException"]')
+        if await boxes.count():
+            stats.errors.append(f"session {index}, {name}: {(await boxes.first.inner_text())[:300]}")
+        step += 1
+    await context.close()
+
+
+async def run(args: argparse.Namespace) -> None:
+    from playwright.async_api import async_playwright
+
+    with streamlit_server(args.port, log=args.log) as proc:
+        stats = Stats(proc.pid)
+        print(f"server RSS at start {rss_bytes(proc.pid) / 1e9:.2f} GB", flush=True)
+        async with async_playwright() as p:
+            browser = await p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+            until = time.perf_counter() + args.seconds
+            await asyncio.gather(*(session(browser, f"http://127.0.0.1:{args.port}", i, stats, until)
+                                   for i in range(args.sessions)))
+            await browser.close()
+        final = rss_bytes(proc.pid) / 1e9
+    print(f"\n{args.sessions} sessions, {stats.images} images in {time.perf_counter() - stats.start:.0f} s, "
+          f"final server RSS {final:.2f} GB, load average {os.getloadavg()[0]:.1f}")
+    print("\n| step | count | median | max |\n|---|---|---|---|")
+    everything = [s for v in stats.steps.values() for s in v]
+    for name, values in [*stats.steps.items(), ("all", everything)]:
+        print(f"| {name} | {len(values)} | {statistics.median(values):.2f} s | {max(values):.2f} s |")
+    after = [gb for n, gb in stats.rss if n > 20]
+    if len(after) >= 2:
+        print(f"\nRSS after warm-up (images > 20): min {min(after):.2f} GB, max {max(after):.2f} GB, "
+              f"last - first {after[-1] - after[0]:+.2f} GB over {stats.rss[-1][0] - stats.rss[1][0]} images")
+    for error in stats.errors:
+        print("EXCEPTION:", error)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sessions", type=int, default=4)
+    parser.add_argument("--seconds", type=float, default=120, help="how long the sessions keep going")
+    parser.add_argument("--port", type=int, default=8523)
+    parser.add_argument("--log", type=Path, default=None, help="write the server's output here")
+    asyncio.run(run(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()

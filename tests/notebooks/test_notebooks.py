@@ -1,21 +1,30 @@
-"""Every notebook in notebooks/ runs top to bottom in a fresh kernel, and the committed ones are current.
+"""Every notebook in notebooks/ is a jupytext pair in sync, runs top to bottom in a fresh kernel, and is
+committed executed, with figures that fit the page.
 
-Notebooks are executed from an in-memory copy (the committed file is never touched; the executed
-copy is saved under pytest's tmp_path for inspection) with the working directory notebooks/, by a
-"python3" kernel that runs this very interpreter: a temporary kernelspec put first on JUPYTER_PATH,
-so the test does not depend on where (or whether) a kernel was installed.
+A notebook is NAME.py (percent-format source) + NAME.ipynb (the same cells with their outputs), paired by
+notebooks/jupytext.toml. "In sync" means what `jupytext --sync` would leave alone: the .ipynb written as a
+percent script with the pairing's options is byte for byte the committed .py.
+
+Notebooks are executed from an in-memory copy (the committed file is never touched; the executed copy is
+saved under pytest's tmp_path for inspection) with the working directory notebooks/, by a "python3" kernel
+that runs this very interpreter: a temporary kernelspec put first on JUPYTER_PATH, so the test does not
+depend on where (or whether) a kernel was installed.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import base64
 import json
 import os
+import re
+import struct
 import sys
 from pathlib import Path
 
+import jupytext
 import nbformat
 import pytest
+from jupytext.config import load_jupytext_config
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
@@ -23,13 +32,32 @@ ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = ROOT / "notebooks"
 PATHS = sorted(NOTEBOOKS.glob("*.ipynb"))
 CELL_TIMEOUT = 600  # seconds per cell
+# Widest PNG (pixels) that GitHub's notebook view and JupyterLab's output area show unscaled, so that the
+# 10 pt text of analysis.notebook.STYLE (at 96 dpi, one image pixel per CSS pixel) stays 10 pt on screen.
+MAX_PNG_WIDTH = 840
+SYNC_HINT = "run `jupytext --sync notebooks/*.py` (after editing the .py) or save the notebook in Jupyter"
 
 
-def load_build():
-    spec = importlib.util.spec_from_file_location("notebooks_build", NOTEBOOKS / "_build.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def as_script(nb: nbformat.NotebookNode) -> str:
+    """The percent script `jupytext --sync` writes for this notebook (notebooks/jupytext.toml's options)."""
+    return jupytext.writes(nb, fmt="py:percent", config=load_jupytext_config(str(NOTEBOOKS)))
+
+
+def sync_problem(ipynb: Path, script: str | None = None) -> str | None:
+    """Why `ipynb` and its .py are not in sync (the first differing line), or None when they are."""
+    script = ipynb.with_suffix(".py").read_text() if script is None else script
+    expected = as_script(jupytext.read(ipynb))
+    if expected == script:
+        return None
+    for n, (want, have) in enumerate(zip(expected.splitlines(), script.splitlines(), strict=False), start=1):
+        if want != have:
+            return f"line {n} of {ipynb.stem}.py is {have!r}, the .ipynb has {want!r}"
+    return f"{ipynb.stem}.py has {len(script.splitlines())} lines, the .ipynb {len(expected.splitlines())}"
+
+
+def png_width(data: str) -> int:
+    """Width in pixels of a base64 PNG (from its IHDR chunk)."""
+    return struct.unpack(">I", base64.b64decode(data[:64])[16:20])[0]
 
 
 @pytest.fixture(scope="module")
@@ -63,10 +91,33 @@ def error_outputs(nb: nbformat.NotebookNode) -> list[str]:
             if o.output_type == "error"]
 
 
-def test_the_four_notebooks_exist_and_are_built_by_the_script():
-    build = load_build()
-    assert [p.name for p in PATHS] == sorted(build.NOTEBOOKS)
+def test_the_four_notebooks_are_pairs():
     assert {p.name[:2] for p in PATHS} == {"01", "02", "03", "04"}
+    scripts = sorted(p.stem for p in NOTEBOOKS.glob("*.py"))
+    assert scripts == [p.stem for p in PATHS], "every NAME.ipynb has its NAME.py and no other .py lives there"
+    config = load_jupytext_config(str(NOTEBOOKS))
+    for path in PATHS:  # the pairing Jupyter and `jupytext --sync` apply, from notebooks/jupytext.toml
+        assert config.default_formats(str(path)) == "ipynb,py:percent"
+
+
+@pytest.mark.parametrize("path", PATHS, ids=[p.stem for p in PATHS])
+def test_pair_is_in_sync(path):
+    problem = sync_problem(path)
+    assert problem is None, f"{path.name} and {path.stem}.py differ: {problem}; {SYNC_HINT}"
+
+
+def test_the_sync_check_sees_an_edit_on_either_side(tmp_path):
+    path = PATHS[0]
+    script = path.with_suffix(".py").read_text()
+    assert sync_problem(path, script) is None
+    edited = script.replace("# %%\n", "# %%\nx = 1  # an edit in an editor\n", 1)
+    assert edited != script and "line" in sync_problem(path, edited)
+
+    nb = nbformat.read(path, as_version=4)
+    code = next(c for c in nb.cells if c.cell_type == "code")
+    code.source += "\ny = 2  # an edit in Jupyter"
+    nbformat.write(nb, tmp_path / path.name)
+    assert sync_problem(tmp_path / path.name, script) is not None
 
 
 @pytest.mark.slow
@@ -92,24 +143,33 @@ def test_a_failing_notebook_fails_the_runner(kernel_env):
     assert nb.cells[2].execution_count is None  # execution stopped at the failing cell
 
 
-def test_committed_notebooks_match_their_source():
-    build = load_build()
-    for path in PATHS:
-        committed = build.sources(nbformat.read(path, as_version=4))
-        assert committed == build.sources(build.build(path.name)), (
-            f"{path.name} differs from notebooks/_build.py: run python notebooks/_build.py --execute")
-
-
 @pytest.mark.parametrize("path", PATHS, ids=[p.stem for p in PATHS])
 def test_committed_notebooks_carry_their_outputs(path):
-    """Committed after a full, clean run: every code cell executed in order, no errors, trained weights."""
+    """Committed after a full, clean run: every code cell executed in order, no errors or warnings, trained weights."""
     import t2t
 
     nb = nbformat.read(path, as_version=4)
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert [c.execution_count for c in code] == list(range(1, len(code) + 1)), "not executed top to bottom"
     assert not error_outputs(nb)
-    assert any(o.output_type == "display_data" for c in code for o in c.outputs) or path.name.startswith("04")
+    stderr = [o.text for c in code for o in c.outputs if o.output_type == "stream" and o.name == "stderr"]
+    assert not stderr, f"warnings in the saved outputs: {stderr}"
+    assert any(o.output_type == "display_data" for c in code for o in c.outputs)
+    assert "notebook ran in" in "".join(o.get("text", "") for o in code[-1].outputs)
     setup = "".join(o.get("text", "") for o in code[0].outputs)
     if {"t2t_vit_7", "deit_tiny_patch16_224"} <= set(t2t.list_embedded()):
         assert setup.count("weights: embedded") == 2, "saved outputs are not from the embedded (trained) models"
+
+
+@pytest.mark.parametrize("path", PATHS, ids=[p.stem for p in PATHS])
+def test_figures_fit_the_page_with_legible_text(path):
+    """Every saved figure is shown unscaled, and no cell asks for text below the style's 10 pt."""
+    nb = nbformat.read(path, as_version=4)
+    widths = [png_width(o.data["image/png"]) for c in nb.cells if c.cell_type == "code" for o in c.outputs
+              if "image/png" in o.get("data", {})]
+    assert widths and max(widths) <= MAX_PNG_WIDTH, f"figure widths {widths} px, at most {MAX_PNG_WIDTH}"
+    source = path.with_suffix(".py").read_text()
+    small = re.findall(r"\b(?:fontsize|labelsize|size)\s*=\s*(?:[0-7](?:\.\d+)?|[89](?:\.\d+)?|\"[a-z-]*small\")\b",
+                       source)
+    assert not small, f"text smaller than 10 pt asked for: {small}"
+    assert "notebook.use_style()" in source, "the notebook does not set the shared figure style"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from inspect import signature
 
 import numpy as np
@@ -78,11 +79,12 @@ if rollouts:
     discard = {m: (rule, float(ratio)) for m in rollouts}
 
 # A class chosen for one image means nothing for the next: a new image (or model) starts from the prediction.
+# The class boxes are new widgets for each view (their key names it): the browser keeps a widget's value
+# across reruns, so resetting the old widget's state would not be enough.
 view = f"{ctx.image.key}|{ctx.t2t.key}|{ctx.vit.key}"
+view_tag = f"{zlib.crc32(view.encode()):08x}"
 if st.session_state.get("exp_class_view") != view:
     had_choice = st.session_state.get("exp_class_view") is not None and which == "a class I choose"
-    for lm in ctx.models:
-        st.session_state.pop(f"exp_class_{lm.role}", None)
     st.session_state["exp_class_view"] = view
     if had_choice:
         st.session_state["exp_class_reset"] = view  # said until a class is chosen again
@@ -98,7 +100,7 @@ for lm in ctx.models:
         targets[lm.role] = predicted
     else:
         targets[lm.role] = st.selectbox(f"Class for {lm.role} ({lm.name})", range(len(names)), index=predicted,
-                                        format_func=names.__getitem__, key=f"exp_class_{lm.role}",
+                                        format_func=names.__getitem__, key=f"exp_class_{lm.role}_{view_tag}",
                                         on_change=st.session_state.pop, args=("exp_class_reset", None))
 cols = st.columns(2)
 for col, lm in zip(cols, ctx.models, strict=True):

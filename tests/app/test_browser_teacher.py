@@ -82,10 +82,28 @@ CHOSEN_ON_SCREEN = """() => {
 def visit(page, base: str, path: str = "", query: str = "") -> None:
     page.goto(f"{base}/{path}{'?' + query if query else ''}")
     page.locator("h1").first.wait_for(timeout=RUN_TIMEOUT_MS)
-    settle(page)
+    steady(page, quiet_ms=800)
     page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot svg.main-svg').length > 0",
                            timeout=RUN_TIMEOUT_MS)
     page.wait_for_timeout(700)  # plotly lays out its labels after the first paint
+
+
+def steady(page, quiet_ms: int = 1200, timeout_ms: int = RUN_TIMEOUT_MS) -> None:
+    """Wait until the page has stopped changing for `quiet_ms`: no script run, spinner or progress bar,
+    the same figures and text. Pages draw progressively and slow results arrive in later runs."""
+    settle(page)
+    last, quiet, waited = None, 0, 0
+    while quiet < quiet_ms:
+        if waited > timeout_ms:
+            raise TimeoutError("the page kept changing")
+        now = page.evaluate("""() => [document.querySelectorAll('.js-plotly-plot svg.main-svg').length,
+            document.querySelector('[data-testid="stMain"]').innerText.length,
+            document.querySelectorAll('[data-testid="stStatusWidget"], [data-testid="stSpinner"],'
+                                      + ' [data-testid="stProgress"], [data-testid="stSkeleton"]').length]""")
+        quiet = quiet + 200 if now == last and now[2] == 0 else 0
+        last = now
+        page.wait_for_timeout(200)
+        waited += 200
 
 
 def overlaps(texts: list[dict], slack: float = 1.0) -> list[tuple[str, str]]:
@@ -233,7 +251,7 @@ def test_lesson_link_reopens_the_same_view(browser, server: str) -> None:  # noq
         visit(page, server, path, start)
         if act is not None:
             act(page)
-            settle(page)
+        steady(page)
         link = page.url
         shown = view_text(page)
         params = query(page)
@@ -244,6 +262,10 @@ def test_lesson_link_reopens_the_same_view(browser, server: str) -> None:  # noq
         fresh = context.new_page()
         page_path = urlparse(link).path.lstrip("/")
         visit(fresh, server, page_path, urlparse(link).query)
+        for _ in range(240):  # the page draws progressively: wait (at most 2 min) until it is complete
+            if view_text(fresh) == shown:
+                break
+            fresh.wait_for_timeout(500)
         no_exception(fresh)
         assert view_text(fresh) == shown, (path, link)
         assert query(fresh) == params
@@ -278,18 +300,21 @@ def test_chosen_class_does_not_follow_a_new_image_and_weights_box_says_random(br
     page = browser.new_page(viewport={"width": 1280, "height": 720})
     visit(page, server, "explanations", "img=shape&shape=ring&ex=0&explain=a class I choose")
     choose(page, page, "Class for T2T-ViT (t2t_vit_7)", "zigzag")
-    settle(page)
+    main = page.locator('[data-testid="stMain"]')
+    main.get_by_text("explaining zigzag").wait_for(timeout=RUN_TIMEOUT_MS)  # the rerun may start late
+    steady(page)
     no_exception(page)
-    assert "explaining zigzag" in page.locator('[data-testid="stMain"]').inner_text()
     sidebar = page.locator(SIDEBAR)
     choose(page, sidebar, "Shape class", "stripes")
-    settle(page)
-    text = page.locator('[data-testid="stMain"]').inner_text()
-    assert "start again from each model's prediction" in text
-    assert "explaining zigzag" not in text
+    main.get_by_text("start again from each model's prediction").wait_for(timeout=RUN_TIMEOUT_MS)
+    steady(page)
+    assert "explaining zigzag" not in main.inner_text()
+    assert "explaining stripes" in main.inner_text()  # the new image's prediction
     # a model without project-trained weights: the weights box says what is in use
     choose(page, sidebar, "T2T-ViT model", "t2t_vit_10")
-    settle(page)
+    page.wait_for_function("() => document.querySelector('[data-testid=\"stSidebar\"] input[aria-label=\"T2T-ViT "
+                           "weights\"]').value !== 'Project-trained (shipped)'", timeout=RUN_TIMEOUT_MS)
+    steady(page)
     weights = sidebar.get_by_role("combobox", name="T2T-ViT weights").input_value()
     assert weights == "Random (untrained)", weights
     no_exception(page)

@@ -86,6 +86,21 @@ def run_notebook(nb: nbformat.NotebookNode, cwd: Path = NOTEBOOKS) -> nbformat.N
     return nb
 
 
+def shown(nb: nbformat.NotebookNode) -> list[list[str]]:
+    """Per code cell, the kinds of output it shows in order ("stdout", "figure", ...); consecutive chunks
+    of one stream count once (how a stream is cut into chunks depends on timing)."""
+    cells = []
+    for cell in (c for c in nb.cells if c.cell_type == "code"):
+        kinds: list[str] = []
+        for o in cell.outputs:
+            kind = o.name if o.output_type == "stream" else "figure" if "image/png" in o.get("data", {}) \
+                else o.output_type
+            if not (kinds and kind == kinds[-1] and o.output_type == "stream"):
+                kinds.append(kind)
+        cells.append(kinds)
+    return cells
+
+
 def error_outputs(nb: nbformat.NotebookNode) -> list[str]:
     return [f"{o.ename}: {o.evalue}" for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
             if o.output_type == "error"]
@@ -124,6 +139,7 @@ def test_the_sync_check_sees_an_edit_on_either_side(tmp_path):
 @pytest.mark.parametrize("path", PATHS, ids=[p.stem for p in PATHS])
 def test_notebook_executes(path, kernel_env, tmp_path):
     nb = nbformat.read(path, as_version=4)
+    saved = shown(nb)
     try:
         run_notebook(nb)
     finally:
@@ -131,6 +147,20 @@ def test_notebook_executes(path, kernel_env, tmp_path):
     assert not error_outputs(nb)
     last = "".join(o.get("text", "") for o in nb.cells[-1].outputs)
     assert "notebook ran in" in last, "the last cell did not run"
+    assert shown(nb) == saved, f"{path.name} now shows other outputs than it was committed with: re-execute it"
+
+
+def test_shown_tells_outputs_apart_but_not_stream_chunks():
+    nb = nbformat.v4.new_notebook()
+    out = nbformat.v4.new_output
+    nb.cells = [nbformat.v4.new_code_cell("print(1); print(2)"), nbformat.v4.new_markdown_cell("text")]
+    nb.cells[0].outputs = [out("stream", name="stdout", text="1\n"), out("stream", name="stdout", text="2\n")]
+    assert shown(nb) == [["stdout"]]
+    nb.cells[0].outputs = [out("stream", name="stdout", text="1\n2\n")]
+    assert shown(nb) == [["stdout"]]
+    nb.cells[0].outputs.append(out("display_data", data={"image/png": "iVBO", "text/plain": "<Figure>"}))
+    nb.cells[0].outputs.append(out("stream", name="stderr", text="warning"))
+    assert shown(nb) == [["stdout", "figure", "stderr"]]
 
 
 def test_a_failing_notebook_fails_the_runner(kernel_env):

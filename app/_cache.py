@@ -158,6 +158,8 @@ class ByteCache:
         if size != entry.size:
             self.total += size - entry.size
             entry.size = size
+            if size > self.budget:  # grown past the whole budget: no longer kept (the caller has it)
+                self.total -= self._items.pop(key).size
             self._evict(keep=key)
 
     def _evict(self, keep: Hashable | None = None) -> None:

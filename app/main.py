@@ -393,3 +393,4 @@ for message in messages:
     st.warning(message)
 page.run()
 write_to_url(page.url_path)
+S.return_free_memory()

@@ -1,0 +1,302 @@
+"""One server for a whole class: memory bounded by bytes, heavy work in fair queues, imports once.
+
+- `ByteCache` (app/_cache.py) keeps its budget in bytes whatever the number of entries, measures
+  what values hold (views once, models not at all, a value that grows), and computes a value once
+  when several threads ask for it at the same moment.
+- `FairQueue` runs one session's jobs in turn with everyone else's and drops jobs nobody waits for.
+- The app: the per-image cache stays within its budget over many images; every module a page
+  needs is imported before any page runs; a session keeps its shape class and example when it
+  switches the image source away and back; several browser sessions visiting every page for the
+  first time at once see no exception, each its own image.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from app._cache import Abandoned, ByteCache, FairQueue, nbytes
+
+ROOT = Path(__file__).resolve().parents[2]
+MAIN = str(ROOT / "app" / "main.py")
+
+
+# ----------------------------------------------------------------------------------------------
+# ByteCache
+# ----------------------------------------------------------------------------------------------
+
+
+def floats(n: int) -> torch.Tensor:
+    return torch.zeros(n, dtype=torch.float32)  # 4 n bytes
+
+
+def test_nbytes_counts_storages_once_and_skips_models() -> None:
+    t = floats(1000)
+
+    @dataclass
+    class Holder:
+        a: torch.Tensor
+        b: torch.Tensor
+        model: torch.nn.Module
+
+    held = Holder(t, t[10:20], torch.nn.Linear(1000, 1000))  # a view shares its storage; the 4 MB model is not counted
+    assert 4000 <= nbytes(held) < 4000 + 1000
+    assert nbytes({"x": floats(10), "y": [floats(20), b"abcd"]}) >= 40 + 80 + 4
+    import numpy as np
+    from PIL import Image
+
+    assert nbytes(Image.new("RGB", (10, 20))) == 600
+    arr = np.zeros((100, 10), dtype=np.float64)
+    assert nbytes(arr[:5]) == arr.nbytes  # a slice keeps its whole base alive
+
+
+def test_byte_cache_evicts_least_recently_used_to_its_budget() -> None:
+    cache = ByteCache(budget_bytes=1000)
+    for key in "abc":
+        cache.get_or_compute(key, lambda: floats(100))  # 400 bytes each
+        assert cache.total <= 1000
+    assert "a" not in cache and {"b", "c"} <= {k for k in "abc" if k in cache}
+    cache.get_or_compute("b", lambda: pytest.fail("b is cached"))  # b is now the most recently used
+    cache.get_or_compute("d", lambda: floats(100))
+    assert "c" not in cache and "b" in cache and "d" in cache
+    big = cache.get_or_compute("big", lambda: floats(1000))  # 4000 bytes: returned, not kept
+    assert big.numel() == 1000 and "big" not in cache and cache.total <= 1000
+    assert cache.stats()["evictions"] == 2
+
+
+def test_byte_cache_measures_a_value_again_when_it_is_read() -> None:
+    cache = ByteCache(budget_bytes=2000)
+    grows = cache.get_or_compute("trace", lambda: {"x": floats(100)})
+    cache.get_or_compute("other", lambda: floats(100))
+    assert cache.total < 1000
+    grows["formed"] = floats(300)  # as a trace keeps a lazy map it formed
+    found, _ = cache.peek("trace")
+    assert found and 1600 <= cache.total <= 2000
+    grows["more"] = floats(50)  # now trace alone nearly fills the budget: the other entry goes
+    cache.peek("trace")
+    assert "other" not in cache and "trace" in cache and cache.total <= 2000
+    grows["too much"] = floats(100)  # past the whole budget: dropped, as a value that big never is kept
+    found, value = cache.peek("trace")
+    assert found and value is grows and "trace" not in cache and cache.total == 0
+
+
+def test_byte_cache_computes_once_for_many_threads() -> None:
+    cache = ByteCache(budget_bytes=10_000)
+    calls = []
+    start = threading.Barrier(8)
+
+    def compute() -> torch.Tensor:
+        calls.append(1)
+        time.sleep(0.2)
+        return floats(10)
+
+    results = []
+
+    def ask() -> None:
+        start.wait()
+        results.append(cache.get_or_compute("k", compute))
+
+    threads = [threading.Thread(target=ask) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and len(results) == 8 and all(r is results[0] for r in results)
+
+
+def test_byte_cache_a_failed_computation_is_tried_again() -> None:
+    cache = ByteCache(budget_bytes=10_000)
+    with pytest.raises(ValueError):
+        cache.get_or_compute("k", lambda: (_ for _ in ()).throw(ValueError("no")))
+    assert "k" not in cache
+    assert cache.get_or_compute("k", lambda: 3) == 3
+
+
+# ----------------------------------------------------------------------------------------------
+# FairQueue
+# ----------------------------------------------------------------------------------------------
+
+
+def test_fair_queue_takes_turns_between_sessions_and_never_queues_a_key_twice() -> None:
+    queue = FairQueue(1, "test")
+    gate = threading.Event()
+    order: list[str] = []
+
+    def job(name: str):
+        def run() -> str:
+            if name == "A1":
+                gate.wait(10)
+            order.append(name)
+            return name
+        return run
+
+    jobs = {"A1": queue.submit("A1", "A", "a", job("A1"))}
+    while jobs["A1"].started is None:
+        time.sleep(0.01)
+    for name in ("A2", "A3", "A4", "A5"):  # session A has five jobs, B one, submitted after
+        jobs[name] = queue.submit(name, "A", "a", job(name))
+    jobs["B1"] = queue.submit("B1", "B", "b", job("B1"))
+    assert queue.submit("B1", "B", "b", job("B1")) is jobs["B1"]  # the same work is never queued twice
+    assert queue.ahead(jobs["B1"]) == 1  # one of A's four waiting jobs, not all four
+    assert queue.ahead(jobs["A5"]) == 4
+    gate.set()
+    assert [jobs[n].future.result(10) for n in ("A5", "B1")] == ["A5", "B1"]
+    assert order == ["A1", "A2", "B1", "A3", "A4", "A5"]
+    assert queue.pending() == 0 and queue.durations["a"] >= 0
+
+
+def test_fair_queue_drops_a_job_nobody_waits_for() -> None:
+    queue = FairQueue(1, "test", abandon_s=0.05)
+    gate = threading.Event()
+    ran = []
+    first = queue.submit("first", "A", "x", lambda: gate.wait(10))
+    left = queue.submit("left", "B", "x", lambda: ran.append("left"))
+    time.sleep(0.2)  # B's session moved on: nobody asked for its job since
+    gate.set()
+    first.future.result(10)
+    with pytest.raises(Abandoned):
+        left.future.result(10)
+    assert ran == []
+
+
+# ----------------------------------------------------------------------------------------------
+# The app
+# ----------------------------------------------------------------------------------------------
+
+
+def test_cache_stays_within_its_budget_over_many_images() -> None:
+    from streamlit.testing.v1 import AppTest
+
+    from app import _state as S
+
+    at = AppTest.from_file(MAIN, default_timeout=600)
+    at.run()
+    assert not at.exception
+    one_image = S.CACHE.total  # the default image's traces, preprocessing and what page 1 reads
+    budget = S.CACHE.budget
+    S.CACHE.budget = int(2.5 * one_image)  # room for about two images
+    try:
+        evicted = S.CACHE.evictions
+        for example in range(300, 306):
+            at.number_input(key="synthetic_example").set_value(example).run()
+            assert not at.exception
+            assert S.CACHE.total <= S.CACHE.budget
+        assert S.CACHE.evictions > evicted
+        keys = [k for k in S.CACHE._items if k[0] == "_traced"]
+        assert 1 <= len(keys) <= 6  # two models per image: only the last images' traces are kept
+    finally:
+        S.CACHE.budget = budget
+
+
+def test_pages_import_nothing_that_start_up_did_not() -> None:
+    """The first run imports every package the pages use (S.import_page_modules); visiting every page
+    after it must import no package for the first time, or two sessions could see it half-initialised."""
+    probe = f"""
+import sys
+sys.path.insert(0, {str(ROOT)!r})
+from streamlit.testing.v1 import AppTest
+at = AppTest.from_file({MAIN!r}, default_timeout=600)
+at.run()
+assert not at.exception, at.exception
+before = {{m.split(".")[0] for m in sys.modules}}
+for page in ["views/1_tokens_to_token.py", "views/2_attention.py", "views/3_explanations.py",
+             "views/4_feature_richness.py", "views/5_classify.py"]:
+    at.switch_page(page)
+    at.run()
+    assert not at.exception, (page, at.exception)
+print(sorted({{m.split(".")[0] for m in sys.modules}} - before))
+"""
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    new = eval(out.stdout.strip().splitlines()[-1])  # a list of names printed by the probe
+    assert new == [], f"first imported by a page, not at start-up: {new}"
+
+
+def test_image_choices_survive_switching_the_source_away_and_back() -> None:
+    from streamlit.testing.v1 import AppTest
+
+    from app import _state as S
+
+    at = AppTest.from_file(MAIN, default_timeout=600)
+    at.run()
+    ring = S.synthetic_class_names().index("ring") if "ring" in S.synthetic_class_names() else 1
+    at.selectbox(key="synthetic_class").set_value(ring)
+    at.number_input(key="synthetic_example").set_value(7)
+    at.run()
+    label = at.session_state[S.CTX_KEY].image.label
+    at.radio(key="image_source").set_value("Sample photo").run()
+    assert at.session_state[S.CTX_KEY].image.label.startswith("sample photo")
+    at.radio(key="image_source").set_value("Synthetic shape").run()
+    assert not at.exception
+    assert at.selectbox(key="synthetic_class").value == ring
+    assert at.number_input(key="synthetic_example").value == 7
+    assert at.session_state[S.CTX_KEY].image.label == label
+
+
+# ----------------------------------------------------------------------------------------------
+# Several browser sessions at once (real server, Chromium)
+# ----------------------------------------------------------------------------------------------
+
+PAGES = ["tokens", "attention", "explanations", "features", "classify"]
+IDLE = ("() => { const a = document.querySelector('[data-testid=\"stApp\"]'); return a && "
+        "a.getAttribute('data-test-script-state') === 'notRunning' && "
+        "!document.querySelector('[data-testid=\"stSkeleton\"], [data-testid=\"stProgress\"]'); }")
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_several_sessions_visit_every_page_for_the_first_time_at_once(browser) -> None:
+    """Two sessions open each page of a fresh server at the same moment; none sees an exception,
+    each sees its own image, and the CKA one session starts shows progress, then its matrix."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks._browser import streamlit_server
+
+    port = 8526
+    with streamlit_server(port):
+        pages = []
+        for _ in range(2):  # contexts: separate cookies, so separate Streamlit sessions
+            context = browser.new_context(viewport={"width": 1400, "height": 1000})
+            pages.append(context.new_page())
+        for i, page in enumerate(pages):  # both first runs at once
+            page.goto(f"http://127.0.0.1:{port}/?nothing={i}", wait_until="commit")
+        for page in pages:
+            page.wait_for_function(IDLE, timeout=300_000)
+        for i, page in enumerate(pages):  # a different synthetic example in each session
+            box = page.locator(".st-key-synthetic_example input")
+            box.fill(str(10 + i))
+            box.press("Enter")
+        for page in pages:
+            page.wait_for_timeout(300)
+            page.wait_for_function(IDLE, timeout=300_000)
+        for name in PAGES:
+            for page in pages:  # click in every session before waiting for any
+                nav = page.locator('[data-testid="stSidebarNav"] a')
+                (nav.first if name == "tokens" else nav.and_(page.locator(f'a[href$="/{name}"]'))).click()
+            for i, page in enumerate(pages):
+                page.wait_for_timeout(300)
+                page.wait_for_function(IDLE, timeout=300_000)
+                boxes = page.locator('[data-testid="stException"]')
+                assert boxes.count() == 0, f"session {i} on {name}: {boxes.first.inner_text()}"
+                caption = page.locator('[data-testid="stSidebar"] [data-testid="stImageCaption"]').first
+                assert f"#{10 + i}" in caption.inner_text(), (i, name, caption.inner_text())
+        # heavy work in one session: a progress bar, the rest of the page drawn, then the result
+        page = pages[0]
+        nav = page.locator('[data-testid="stSidebarNav"] a')
+        nav.and_(page.locator('a[href$="/features"]')).click()
+        page.wait_for_timeout(300)
+        page.wait_for_function(IDLE, timeout=300_000)
+        charts = page.locator('[data-testid="stPlotlyChart"]').count()
+        page.locator(".st-key-cka_on label").click()
+        page.wait_for_selector('[data-testid="stProgress"]', timeout=60_000)
+        assert page.locator('[data-testid="stPlotlyChart"]').count() >= charts  # the page is still there
+        page.wait_for_function(IDLE, timeout=300_000)
+        assert page.locator('[data-testid="stPlotlyChart"]').count() == charts + 1  # the CKA matrix
+        for p in pages:
+            p.context.close()

@@ -65,15 +65,16 @@ def show(fig: go.Figure, key: str, on_select: Callable[[], None] | None = None, 
     fig.update_xaxes(fixedrange=True)
     fig.update_yaxes(fixedrange=True)
     fig.update_layout(dragmode=False)
+    if st.session_state.get("present"):
+        presentation(fig)
     if fig.layout.title.text:  # the title just above the plot, the toolbar's row above it: no overlap
-        text = fig.layout.title.text if "<br>" in fig.layout.title.text else wrap(fig.layout.title.text, TITLE_CHARS)
+        chars = TITLE_CHARS * FONT["size"] // (fig.layout.title.font.size or FONT["size"])  # bigger font, fewer
+        text = fig.layout.title.text if "<br>" in fig.layout.title.text else wrap(fig.layout.title.text, chars)
         lines = text.count("<br>") + 1
         top = fig.layout.margin.t if fig.layout.margin.t is not None else 80
         size = fig.layout.title.font.size or FONT["size"]
         fig.update_layout(title={"text": text, "y": 1, "yref": "paper", "yanchor": "bottom", "pad": {"b": 6}},
                           margin={"t": max(top, 30 + 1.4 * size * lines)})
-    if st.session_state.get("present"):
-        presentation(fig)
     st.plotly_chart(fig, key=key, theme=None, config=png_config(filename or key),
                     **({"on_select": on_select, "selection_mode": "points"} if on_select is not None else {}))
 
@@ -86,6 +87,9 @@ def presentation(fig: go.Figure, factor: float = 1.3) -> None:
         fig.update_layout(title_font_size=round((fig.layout.title.font.size or FONT["size"]) * factor))
     for note in fig.layout.annotations or ():
         note.font.size = round((note.font.size or FONT["size"]) * factor)
+    margin = fig.layout.margin  # room kept for legends and axis titles grows with their text
+    fig.update_layout(margin={side: round(getattr(margin, side) * factor) for side in "tblr"
+                              if getattr(margin, side) is not None})
 
 
 def png_config(filename: str) -> dict:

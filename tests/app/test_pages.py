@@ -762,3 +762,26 @@ def test_photo_outside_the_classes_and_chosen_class_reset() -> None:
     assert any("start again from each model's prediction" in i.value for i in at.info)
     warnings = [w.value for w in at.warning]
     assert sum("is not one of the synthetic shapes" in w for w in warnings) == 2
+
+
+def test_integrated_gradients_shows_its_completeness_gap() -> None:
+    from analysis.attributions import COMPLETENESS_TOLERANCE
+
+    at = run("views/3_explanations.py")
+    at.toggle(key="exp_expensive").set_value(True)
+    at.toggle(key="exp_faith").set_value(False)
+    run(at=at)
+    at.multiselect(key="exp_methods").set_value(["integrated_gradients"])
+    run(at=at)
+    ctx = at.session_state[S.CTX_KEY]
+    notes = [c.value for c in at.caption] + [w.value for w in at.warning]
+    for lm in ctx.models:
+        target = int(np.argmax(S.probabilities(ctx.trace(lm))))
+        _, gap = S.explanation_with(ctx, lm, "integrated_gradients", target, return_completeness=True)
+        total = gap["output_change"] + gap["delta"]
+        line = (f"Completeness gap {gap['relative_gap']:.1%}: the attributions sum to {total:.3g}, "
+                f"f(x) − f(baseline) = {gap['output_change']:.3g}")
+        shown = [n for n in notes if line in n]
+        assert len(shown) == 1, (line, notes)
+        above = gap["relative_gap"] > COMPLETENESS_TOLERANCE
+        assert ("read it with care" in shown[0]) == above  # a warning exactly when the gap exceeds 5%

@@ -103,6 +103,10 @@ if with_rank:
     facts.append(f"{tr_}'s effective rank is above {vr_}'s at {n_above} of {n} relative depths (means "
                  f"{metrics[tr_]['effective_rank'].mean():.0f} of {width[tr_]} channels vs "
                  f"{metrics[vr_]['effective_rank'].mean():.0f} of {width[vr_]})")
+n_detail, n = above_at("high_freq_fraction")
+facts.append(f"{tr_}'s share of fine detail is above {vr_}'s at {n_detail} of {n} relative depths"
+             + ("" if n_detail > n // 2 else " (the paper's 'more edges and local structure' for T2T-ViT is not "
+                "what this number shows here)"))
 fewer = inv[tr_].mean() < inv[vr_].mean()
 claim = ("**As the paper reports, T2T-ViT has the fewer invalid channels here.**" if fewer else
          "**The paper's claim (many more invalid channels in ViT) is not visible with these models**: "

@@ -107,10 +107,11 @@ print(f"{n_images} images x {len(MODELS)} models traced and measured in {time.pe
 # %% [markdown]
 # ## The paper's Fig. 2 view
 #
-# The first 32 channels of the patch tokens of one image, each channel as a 14 x 14 map: the tokens that
-# enter the backbone (after the T2T module, or ViT's patch embedding), after the first block and after the
-# last. Maps are centred per channel and share one grey scale per panel, so a flat channel shows as a blank
-# grey tile, as in the paper; **red frames mark the channels `invalid_channels` calls invalid**.
+# One image, then the first 32 channels of its patch tokens in each model (T2T-ViT left, ViT right), each
+# channel as a 14 x 14 map: the tokens that enter the backbone (after the T2T module, or ViT's patch
+# embedding), after the first block and after the last. Maps are centred per channel and share one grey
+# scale per panel, so a flat channel shows as a blank grey tile, as in the paper; **red frames mark the
+# channels `invalid_channels` calls invalid**.
 
 # %%
 def mosaic(tokens, grid=(14, 14), n=32, cols=8):

@@ -300,3 +300,23 @@ def test_several_sessions_visit_every_page_for_the_first_time_at_once(browser) -
         assert page.locator('[data-testid="stPlotlyChart"]').count() == charts + 1  # the CKA matrix
         for p in pages:
             p.context.close()
+
+
+def test_faithfulness_scores_the_curve_ends_once_and_equals_the_reference() -> None:
+    """The app scores the image and the blurred baseline once per model, image and class (the curves'
+    ends, the same for every map); its AUCs equal analysis.faithfulness.deletion_insertion's."""
+    import t2t
+    from analysis.faithfulness import deletion_insertion, model_score_fn
+    from app import _state as S
+
+    model = t2t.create_model("deit_tiny_patch16_224", pretrained="embedded").eval()
+    x = torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    images_seen = []
+    model.register_forward_pre_hook(lambda _m, args: images_seen.append(len(args[0])))
+    maps = [torch.rand(14, 14, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    key = f"test-faithfulness-{time.time()}"  # nothing cached under it yet
+    ours = [S._faithfulness(key, "x", f"map{i}", 3, 5, model, x, m) for i, m in enumerate(maps)]
+    assert sum(images_seen) == 2 + 2 * (2 * 6 - 4)  # the two ends once, then 8 of each map's 12 images
+    for m, (deletion, insertion) in zip(maps, ours, strict=True):
+        ref = deletion_insertion(model_score_fn(model, torch.tensor([3])), x, m[None], steps=5, batch_size=12)
+        assert (deletion, insertion) == (float(ref.deletion_auc[0]), float(ref.insertion_auc[0]))

@@ -159,6 +159,32 @@ def test_every_page_readable_at_projector_sizes_with_png_buttons(browser, server
     page.close()
 
 
+FITS = """([label, texts]) => {
+  const e = document.querySelector(`[data-testid="stSidebar"] input[aria-label="${label}"]`);
+  const s = getComputedStyle(e), ctx = document.createElement('canvas').getContext('2d');
+  ctx.font = s.font;
+  const room = e.clientWidth - parseFloat(s.paddingLeft) - parseFloat(s.paddingRight);
+  return texts.filter(t => ctx.measureText(t).width > room + 1);
+}"""
+
+
+def test_sidebar_choices_fit_their_boxes(browser, server: str) -> None:  # noqa: F811
+    """Every choice of the sidebar's select boxes shows whole once chosen (no "Released ImageNet-1k weig...")."""
+    page = browser.new_page(viewport={"width": 1280, "height": 720})
+    visit(page, server, "classify")
+    sidebar = page.locator(SIDEBAR)
+    for label in ("T2T-ViT model", "T2T-ViT weights", "ViT model", "ViT weights", "Shape class"):
+        box = sidebar.get_by_role("combobox", name=label, exact=True)
+        box.click()
+        box.press("ArrowDown")
+        options = [o.inner_text().strip() for o in page.get_by_role("option").all()]
+        box.press("Escape")
+        assert options, label
+        too_wide = page.evaluate(FITS, [label, options])
+        assert not too_wide, f"{label}: cut off when chosen: {too_wide}"
+    page.close()
+
+
 def axes(page, index: int) -> list:
     return page.evaluate(f"() => {{ const g = document.querySelectorAll('.js-plotly-plot')[{index}];"
                          " return [g._fullLayout.xaxis.range, g._fullLayout.yaxis.range]; }")
@@ -294,7 +320,7 @@ def test_photo_outside_the_classes_is_said_beside_every_prediction(browser, serv
 
 def choose(page, scope, label: str, option: str) -> None:
     """Pick `option` in the select box `label` (a react-aria combobox: the down arrow opens its list)."""
-    box = scope.get_by_role("combobox", name=label)
+    box = scope.get_by_role("combobox", name=label, exact=True)
     box.click()
     box.press("ArrowDown")
     page.get_by_role("option", name=option, exact=True).click()

@@ -26,10 +26,16 @@ EXPLAINERS: dict[str, tuple[Explainer, bool]] = {
 }
 
 
-def explain(name: str, model: nn.Module, images: Tensor, target: int | Tensor | None = None, **kwargs) -> Tensor:
+def explain(
+    name: str, model: nn.Module, images: Tensor, target: int | Tensor | None = None, **kwargs
+) -> Tensor | tuple[Tensor, attributions.Completeness]:
     """Run explanation `name` (a key of `EXPLAINERS`) on (B, 3, S, S) images -> (B, h, w).
 
     `target` (default: the predicted class) is ignored by class-agnostic methods (rollout).
+    Keyword arguments go to the method's function, e.g. `discard=` / `discard_ratio=` for
+    "rollout" and "grad_rollout" (`analysis.rollout.DISCARD_RULES`), and for
+    "integrated_gradients" `method=`, `n_steps=`, and `return_completeness=True`, which makes the
+    result `(map, attributions.Completeness)`.
     """
     if name not in EXPLAINERS:
         raise ValueError(f"unknown method {name!r}; choose from {sorted(EXPLAINERS)}")

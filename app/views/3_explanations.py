@@ -8,6 +8,7 @@ from inspect import signature
 import numpy as np
 import streamlit as st
 
+from analysis.attributions import COMPLETENESS_TOLERANCE
 from analysis.rollout import DISCARD_RULES, cls_rollout
 from app import _state as S
 from app import components as C
@@ -56,11 +57,6 @@ with c:
 
 # Rollout's discard rule, by name (analysis.rollout.DISCARD_RULES): vit-explain's rule ranks the whole
 # flattened fused map, the per-row rule each row on its own; they give different maps for ratio > 0.
-try:  # TEMP until issue 11's IG completeness lands in analysis.attributions
-    from analysis.attributions import COMPLETENESS_TOLERANCE
-    HAS_COMPLETENESS = True
-except ImportError:
-    COMPLETENESS_TOLERANCE, HAS_COMPLETENESS = 0.05, False
 RULES = {"vit-explain": "vit-explain (flattened map)", "row": "per row"}
 rollouts = [m for m in methods if m in ("rollout", "grad_rollout")]
 discard: dict[str, tuple[str, float]] = {}
@@ -124,7 +120,7 @@ def method_map(lm: S.LoadedModel, method: str, target: int) -> tuple[str, object
         rule, ratio = discard[method]
         heat, _ = S.explanation_with(ctx, lm, method, target, discard=rule, discard_ratio=ratio)
         return f"grad_rollout|{rule}|{ratio:g}|{target}", heat, None
-    if method == "integrated_gradients" and HAS_COMPLETENESS:
+    if method == "integrated_gradients":
         done = S.explanation_with(ctx, lm, method, target, return_completeness=True)  # None while it runs
         heat, completeness = done if done is not None else (None, None)
         return f"integrated_gradients|{target}", heat, completeness

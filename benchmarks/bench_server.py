@@ -64,6 +64,12 @@ class Stats:
         self.errors: list[str] = []
         self.start = time.perf_counter()
 
+    def record(self, step: str, seconds: float | None, session: int) -> None:
+        if seconds is None:
+            self.errors.append(f"session {session}, {step}: no run finished within the step timeout")
+        else:
+            self.steps.setdefault(step, []).append(seconds)
+
     def uploaded(self) -> None:
         self.images += 1
         if self.images % 20 == 0:
@@ -73,36 +79,44 @@ class Stats:
                   flush=True)
 
 
-async def timed(page, action) -> float:
+async def timed(page, action, timeout_s: float) -> float | None:
+    """Seconds until the run the action caused is over and painted; None past `timeout_s` (reported)."""
     t0 = await page.evaluate("() => performance.now()")
     await action()
-    await page.wait_for_function(IDLE_AFTER, arg=t0, timeout=600_000, polling=50)
+    try:
+        await page.wait_for_function(IDLE_AFTER, arg=t0, timeout=timeout_s * 1000, polling=50)
+    except Exception:  # playwright's TimeoutError: counted, and the session goes on
+        return None
     t1 = await page.evaluate(TWO_FRAMES)
     return (t1 - t0) / 1000
 
 
-async def session(browser, url: str, index: int, stats: Stats, until: float) -> None:
+async def session(browser, url: str, index: int, stats: Stats, until: float, timeout_s: float) -> None:
     context = await browser.new_context(viewport={"width": 1600, "height": 1000})
     page = await context.new_page()
     await page.add_init_script(RECORDER)
     await page.goto(url)
     await page.wait_for_function(QUIET, timeout=600_000)
     sidebar = page.locator('[data-testid="stSidebar"]')
-    await timed(page, lambda: sidebar.get_by_text("Upload", exact=True).click())
+    await timed(page, lambda: sidebar.get_by_text("Upload", exact=True).click(), timeout_s)
     rng = random.Random(index)
     step = 0
+    current = PAGES[0]
     while time.perf_counter() < until:
         serial = 1000 * index + step
         data = distinct_png(rng, serial)
         upload = sidebar.locator('input[type="file"]').first
         files = [{"name": f"s{index}_{serial}.png", "mimeType": "image/png", "buffer": data}]
-        seconds = await timed(page, lambda upload=upload, files=files: upload.set_input_files(files=files))
-        stats.steps.setdefault("upload", []).append(seconds)
+        seconds = await timed(page, lambda upload=upload, files=files: upload.set_input_files(files=files), timeout_s)
+        stats.record("upload", seconds, index)
         stats.uploaded()
         name = PAGES[(step + index) % len(PAGES)]
+        if name == current:  # never the page already shown: its link starts no run
+            name = PAGES[(step + index + 1) % len(PAGES)]
         nav = page.locator('[data-testid="stSidebarNav"] a')
         link = nav.first if name == PAGES[0] else page.locator(f'[data-testid="stSidebarNav"] a[href$="/{name}"]')
-        stats.steps.setdefault(name, []).append(await timed(page, link.click))
+        stats.record(name, await timed(page, link.click, timeout_s), index)
+        current = name
         boxes = page.locator('[data-testid="stException"]')
         if await boxes.count():
             stats.errors.append(f"session {index}, {name}: {(await boxes.first.inner_text())[:300]}")
@@ -119,8 +133,8 @@ async def run(args: argparse.Namespace) -> None:
         async with async_playwright() as p:
             browser = await p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
             until = time.perf_counter() + args.seconds
-            await asyncio.gather(*(session(browser, f"http://127.0.0.1:{args.port}", i, stats, until)
-                                   for i in range(args.sessions)))
+            await asyncio.gather(*(session(browser, f"http://127.0.0.1:{args.port}", i, stats, until,
+                                           args.step_timeout) for i in range(args.sessions)))
             await browser.close()
         final = rss_bytes(proc.pid) / 1e9
     print(f"\n{args.sessions} sessions, {stats.images} images in {time.perf_counter() - stats.start:.0f} s, "
@@ -134,7 +148,7 @@ async def run(args: argparse.Namespace) -> None:
         print(f"\nRSS after warm-up (images > 20): min {min(after):.2f} GB, max {max(after):.2f} GB, "
               f"last - first {after[-1] - after[0]:+.2f} GB over {stats.rss[-1][0] - stats.rss[1][0]} images")
     for error in stats.errors:
-        print("EXCEPTION:", error)
+        print("ERROR:", error)
 
 
 def main() -> None:
@@ -142,6 +156,7 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=120, help="how long the sessions keep going")
     parser.add_argument("--port", type=int, default=8523)
+    parser.add_argument("--step-timeout", type=float, default=180, help="seconds before a step counts as stuck")
     parser.add_argument("--log", type=Path, default=None, help="write the server's output here")
     asyncio.run(run(parser.parse_args()))
 

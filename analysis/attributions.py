@@ -101,9 +101,11 @@ UNIFORM_SHARE = 0.2  # share of the first cells' placement spread uniformly in a
 class Completeness(NamedTuple):
     """How well attributions satisfy IG's completeness axiom, per image.
 
+    All (B,) tensors on the CPU, float64 (steps int64):
     delta: (B,) sum of attributions - (f(x) - f(baseline)), Captum's convergence delta;
     output_change: (B,) f(x) - f(baseline) of the target logit;
-    steps: (B,) gradient evaluations spent on each image (n_steps for Captum's rules).
+    steps: (B,) gradient evaluations spent on each image (n_steps for Captum's rules; the adaptive
+        rule's forward-only evaluations, len(SWEEP_ALPHAS) + n_steps - 1, come on top).
     """
 
     delta: Tensor
@@ -151,7 +153,7 @@ def integrated_gradients_pixels(
     internal_batch_size: interpolated images per forward (memory), without changing the result.
     reduction: "abs" |a| summed over colour channels, "sum" signed per-pixel sums, "positive".
     return_convergence_delta: also return delta (B,) = sum of attributions (before the channel
-    reduction) - (f(x) - f(b)), Captum's meaning.
+    reduction) - (f(x) - f(b)), Captum's meaning (float64, on the CPU).
     """
     attr, delta, _, _ = _integrated_gradients(model, images, target, n_steps, internal_batch_size, baseline, method,
                                               max_steps, tolerance)
@@ -178,8 +180,8 @@ def _integrated_gradients(
             internal_batch_size=internal_batch_size, return_convergence_delta=True,
         )
         with torch.no_grad():
-            change = (_target_logits(model, images, target) - _target_logits(model, baselines, target)).double()
-        return attr.detach(), delta.detach().double(), change, torch.full_like(target, n_steps)
+            change = _cpu64(_target_logits(model, images, target) - _target_logits(model, baselines, target))
+        return attr.detach(), _cpu64(delta.detach()), change, torch.full((len(target),), n_steps)
     max_steps = 4 * n_steps if max_steps is None else max_steps
     if max_steps < n_steps:
         raise ValueError(f"max_steps ({max_steps}) must be at least n_steps ({n_steps})")
@@ -187,8 +189,13 @@ def _integrated_gradients(
                         tolerance) for i in range(images.shape[0])]  # per image: each has its own cells
     attr = torch.stack([a for a, _, _ in out])
     change = torch.stack([c for _, c, _ in out])
-    delta = attr.double().sum(dim=(1, 2, 3)) - change
-    return attr, delta, change, torch.tensor([n for _, _, n in out], device=target.device)
+    delta = _cpu64(attr.sum(dim=(1, 2, 3))) - change
+    return attr, delta, change, torch.tensor([n for _, _, n in out])
+
+
+def _cpu64(t: Tensor) -> Tensor:
+    """Float64 on the CPU (MPS has no float64), where completeness numbers are kept."""
+    return t.float().cpu().double()
 
 
 def _target_logits(model: nn.Module, images: Tensor, target: Tensor) -> Tensor:
@@ -198,26 +205,27 @@ def _target_logits(model: nn.Module, images: Tensor, target: Tensor) -> Tensor:
 def _path_points(x: Tensor, b: Tensor, alphas: Tensor) -> Tensor:
     """(K, 3, S, S) points b + alpha (x - b) of the straight path; exactly b at 0 and x at 1 (lerp)."""
     return torch.lerp(b.expand(len(alphas), *b.shape), x.expand(len(alphas), *x.shape),
-                      alphas.to(x.dtype).view(-1, 1, 1, 1))
+                      alphas.to(x).view(-1, 1, 1, 1))
 
 
 @torch.no_grad()
 def _path_logits(model: nn.Module, x: Tensor, b: Tensor, target: int, alphas: Tensor, batch: int) -> Tensor:
-    """(K,) float64 target logit at the path points `alphas` (K,), forward only."""
+    """(K,) float64 target logit (on the CPU) at the path points `alphas` (K,), forward only."""
     out = [model(_path_points(x, b, alphas[i:i + batch]))[:, target] for i in range(0, len(alphas), batch)]
-    return torch.cat(out).double()
+    return torch.cat(out).float().cpu().double()
 
 
 def _path_gradients(model: nn.Module, x: Tensor, b: Tensor, target: int, alphas: Tensor,
                     batch: int) -> tuple[Tensor, Tensor]:
-    """Gradients (K, 3, S, S) of the target logit at the path points `alphas` (K,), and the logits (K,)."""
+    """Gradients (K, 3, S, S) of the target logit at the path points `alphas` (K,), and the logits (K,)
+    (float64 on the CPU, where the adaptive rule keeps its bookkeeping: MPS has no float64)."""
     grads, logits = [], []
     with torch.enable_grad():
         for i in range(0, len(alphas), batch):
             points = _path_points(x, b, alphas[i:i + batch]).detach().requires_grad_(True)
             out = model(points)[:, target]
             grads.append(torch.autograd.grad(out.sum(), points)[0])
-            logits.append(out.detach().double())
+            logits.append(out.detach().float().cpu().double())
     return torch.cat(grads), torch.cat(logits)
 
 
@@ -277,9 +285,9 @@ def _adaptive_ig(model: nn.Module, x: Tensor, b: Tensor, target: int, n_steps: i
     lo, hi, f_lo, f_hi = bounds[:-1], bounds[1:], f_bounds[:-1], f_bounds[1:]
     mid = _log_mean(lo, hi)
     grads, f_mid = _path_gradients(model, x, b, target, mid, batch)
-    direction = (x - b).double()
-    weighted = grads * (hi - lo).to(grads.dtype).view(-1, 1, 1, 1)  # (cells, 3, S, S)
-    sums = (weighted.double() * direction).sum(dim=(1, 2, 3))  # each cell's attribution sum
+    direction = x - b
+    weighted = grads * (hi - lo).to(grads).view(-1, 1, 1, 1)  # (cells, 3, S, S)
+    sums = (weighted * direction).sum(dim=(1, 2, 3)).cpu().double()  # each cell's attribution sum
     used, change = n_steps, (f_x - f_b).abs()
     while used + 2 <= max_steps:
         gap = (sums - (f_hi - f_lo)).abs()
@@ -290,6 +298,7 @@ def _adaptive_ig(model: nn.Module, x: Tensor, b: Tensor, target: int, n_steps: i
         split = order[: min(count, (max_steps - used) // 2, max(batch // 2, 1))]
         keep = torch.ones(len(lo), dtype=torch.bool)
         keep[split] = False
+        on_device = keep.to(weighted.device)
         # parts [lo, mid] and [mid, hi] of each split cell, with f at its node mid known from the gradient pass
         new_lo = torch.cat([lo[split], mid[split]])
         new_hi = torch.cat([mid[split], hi[split]])
@@ -297,15 +306,14 @@ def _adaptive_ig(model: nn.Module, x: Tensor, b: Tensor, target: int, n_steps: i
         new_f_hi = torch.cat([f_mid[split], f_hi[split]])
         new_mid = _log_mean(new_lo, new_hi)
         new_grads, new_f_mid = _path_gradients(model, x, b, target, new_mid, batch)
-        new_weighted = new_grads * (new_hi - new_lo).to(new_grads.dtype).view(-1, 1, 1, 1)
+        new_weighted = new_grads * (new_hi - new_lo).to(new_grads).view(-1, 1, 1, 1)
         lo, hi = torch.cat([lo[keep], new_lo]), torch.cat([hi[keep], new_hi])
         f_lo, f_hi = torch.cat([f_lo[keep], new_f_lo]), torch.cat([f_hi[keep], new_f_hi])
         mid, f_mid = torch.cat([mid[keep], new_mid]), torch.cat([f_mid[keep], new_f_mid])
-        weighted = torch.cat([weighted[keep], new_weighted])
-        sums = torch.cat([sums[keep], (new_weighted.double() * direction).sum(dim=(1, 2, 3))])
+        weighted = torch.cat([weighted[on_device], new_weighted])
+        sums = torch.cat([sums[keep], (new_weighted * direction).sum(dim=(1, 2, 3)).cpu().double()])
         used += 2 * len(split)
-    attr = (weighted.double().sum(dim=0) * direction).to(x.dtype)
-    return attr, f_x - f_b, used
+    return weighted.sum(dim=0) * direction, f_x - f_b, used
 
 
 def integrated_gradients_map(

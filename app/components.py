@@ -573,9 +573,9 @@ def domain_warning(lm, image, what: str = "This image") -> str | None:
         return (f"{what} is not one of the synthetic shapes, and {who} knows only the {len(names)} shape "
                 f"classes: its answer is a forced choice among them, not what the image shows. For photos, "
                 "choose *ImageNet-1k (download)* weights in the sidebar.")
-    if list(names) != list(CLASS_NAMES) and synthetic:
-        return (f"{who} knows the {len(names)} classes it was trained on, none of which is a synthetic shape: "
-                "its answer is the nearest of those classes, not the shape.")
+    if len(names) == 1000 and synthetic:  # ImageNet-1k: no class is a shape (other class lists: unknown)
+        return (f"{who} knows the 1000 ImageNet-1k classes, none of which is a synthetic shape: its answer is "
+                "the nearest of those classes, not the shape.")
     return None
 
 

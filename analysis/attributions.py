@@ -1,7 +1,9 @@
 """Captum attributions for ViT and T2T-ViT, each returned as a token-resolution map (B, h, w).
 
-Captum's own classes do the work (IntegratedGradients, Occlusion, FeatureAblation, LayerGradCam);
-this module only adapts token models to them:
+Captum's own classes do the work (Occlusion, FeatureAblation, LayerGradCam, and IntegratedGradients
+for its named rules); Integrated Gradients' default rule is this module's own quadrature of the
+same path integral (`integrated_gradients_pixels`: Captum's 32-point rules miss most of T2T-ViT's
+output change). Otherwise this module only adapts token models to Captum:
 - the token grid (h, w) is inferred from the number of tokens the backbone sees and the image's
   aspect ratio (never hard-coded), and the class token is dropped;
 - pixel-level attributions (IG, Occlusion) are pooled onto that grid so all methods compare on

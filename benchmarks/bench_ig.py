@@ -30,10 +30,10 @@ from analysis.attributions import COMPLETENESS_TOLERANCE, integrated_gradients_m
 from t2t.data import LocalStructureDataset  # noqa: E402
 from t2t.images import open_image, preprocess, sample_images  # noqa: E402
 
-RULES = {  # label -> integrated_gradients_map keyword arguments
-    "old default: Captum gausslegendre, 32": {"method": "gausslegendre", "n_steps": 32},
-    "Captum riemann_trapezoid (uniform), 32": {"method": "riemann_trapezoid", "n_steps": 32},
-    "new default: adaptive_log_mean, 32..128": {},
+RULES = {  # key -> (label, integrated_gradients_map keyword arguments); "old" first: the ratios' reference
+    "old": ("old default: Captum gausslegendre, 32", {"method": "gausslegendre", "n_steps": 32}),
+    "uniform": ("Captum riemann_trapezoid (uniform), 32", {"method": "riemann_trapezoid", "n_steps": 32}),
+    "new": ("new default: adaptive_log_mean, 32..128", {}),
 }
 
 
@@ -55,6 +55,7 @@ def main() -> None:
     parser.add_argument("--synthetic", type=int, default=4, help="synthetic test images per model")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--per-image", action="store_true", help="also print every image's gap")
+    parser.add_argument("--rules", default="old,uniform,new", help=f"some of {','.join(RULES)}, old first")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} threads, CPU; tolerance {COMPLETENESS_TOLERANCE:.0%}")
@@ -64,7 +65,8 @@ def main() -> None:
         print(f"\n{name}: {len(names)} images ({args.synthetic} synthetic, {len(names) - args.synthetic} photos)")
         print(f"{'rule':44s} {'time s':>8s} {'grads/img':>10s} {'mean gap':>9s} {'max gap':>8s} {'> tol':>6s}")
         times = {}
-        for label, kwargs in RULES.items():
+        for key in args.rules.split(","):
+            label, kwargs = RULES[key]
             start = time.perf_counter()
             _, comp = integrated_gradients_map(model, images, return_completeness=True, **kwargs)
             times[label] = time.perf_counter() - start
@@ -74,8 +76,8 @@ def main() -> None:
             if args.per_image:
                 for n, g, c in zip(names, gap.tolist(), comp.output_change.tolist(), strict=True):
                     print(f"    {n:36s} gap {g:7.3f}  f(x) - f(b) {c:6.2f}")
-        old = times[next(iter(RULES))]
-        print("time ratios to the old default: " + ", ".join(f"{label.split(':')[0]} {t / old:.2f}"
+        old = times[RULES[args.rules.split(",")[0]][0]]
+        print(f"time ratios to the {args.rules.split(',')[0]} rule: " + ", ".join(f"{label.split(':')[0]} {t / old:.2f}"
                                                           for label, t in times.items()))
 
 

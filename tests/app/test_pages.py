@@ -785,3 +785,21 @@ def test_integrated_gradients_shows_its_completeness_gap() -> None:
         assert len(shown) == 1, (line, notes)
         above = gap["relative_gap"] > COMPLETENESS_TOLERANCE
         assert ("read it with care" in shown[0]) == above  # a warning exactly when the gap exceeds 5%
+
+
+def test_domain_warning_rules() -> None:
+    from types import SimpleNamespace
+
+    shapes = list(S.synthetic_class_names())
+    synthetic, photo = S.synthetic_image(0, 0), SimpleNamespace(key="sample:cat")
+
+    def model(source: str, names: list[str]) -> SimpleNamespace:
+        return SimpleNamespace(role="ViT", name="m", weights_label=source, source=source, class_names=names)
+
+    assert C.domain_warning(model("embedded", shapes), synthetic) is None
+    assert "not one of the synthetic shapes" in C.domain_warning(model("embedded", shapes), photo)
+    assert "none of which is a synthetic shape" in C.domain_warning(model("released", [str(i) for i in range(1000)]),
+                                                                    synthetic)
+    assert C.domain_warning(model("released", [str(i) for i in range(1000)]), photo) is None
+    assert C.domain_warning(model("path", [f"class {i}" for i in range(10)]), synthetic) is None  # unknown list
+    assert "random weights" in C.domain_warning(model("random", shapes), synthetic)

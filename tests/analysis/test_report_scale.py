@@ -220,3 +220,12 @@ def test_the_ema_choice_and_the_dictionary_loaded_are_recorded(single, tmp_path)
         with torch.no_grad():
             probs = weights.eval()(x).softmax(-1)[0]
         assert data["results"][0]["pred_prob"] == pytest.approx(float(probs.max()), rel=1e-5)
+
+
+def test_the_completeness_gap_beside_an_ig_map_warns_above_the_tolerance():
+    from analysis.report.page import gap_note
+
+    assert "&#9888; completeness gap 12.0% &gt; 5%" in gap_note({"relative_gap": 0.12}, 0.05)
+    quiet = gap_note({"relative_gap": 0.01}, 0.05)
+    assert "completeness gap 1.0%" in quiet and "&#9888;" not in quiet and "warn" not in quiet
+    assert "undefined" in gap_note({"relative_gap": None}, 0.05) and gap_note(None, 0.05) == ""

@@ -73,8 +73,10 @@ def show(fig: go.Figure, key: str, on_select: Callable[[], None] | None = None, 
         lines = text.count("<br>") + 1
         top = fig.layout.margin.t if fig.layout.margin.t is not None else 80
         size = fig.layout.title.font.size or FONT["size"]
-        fig.update_layout(title={"text": text, "y": 1, "yref": "paper", "yanchor": "bottom", "pad": {"b": 6}},
-                          margin={"t": max(top, 30 + 1.4 * size * lines)})
+        # hung from the top of the figure under the toolbar's row (a bottom-anchored title of two lines
+        # would grow down into the plot), with the top margin grown to hold every line
+        fig.update_layout(title={"text": text, "y": 1, "yref": "container", "yanchor": "top", "pad": {"t": 48}},
+                          margin={"t": max(top, 54 + 1.4 * size * lines)})
     st.plotly_chart(fig, key=key, theme=None, config=png_config(filename or key),
                     **({"on_select": on_select, "selection_mode": "points"} if on_select is not None else {}))
 

@@ -16,11 +16,14 @@
 # | attention rollout (Abnar & Zuidema 2020) | product of the blocks' mean attention + identity (residual) | 1 forward |
 # | gradient rollout (vit-explain) | rollout of attention x its gradient, negatives clipped | 1 fwd + bwd |
 # | Chefer relevance (Chefer et al. 2021) | gradient-weighted attention, R += A_bar R, block by block | 1 fwd + bwd |
-# | integrated gradients (Sundararajan et al. 2017) | gradients on a path from a blank image | `IG_STEPS` fwd + bwd |
+# | integrated gradients (Sundararajan et al. 2017) | gradients on a path from a blank image | >= `IG_STEPS` fwd + bwd |
 # | occlusion (Zeiler & Fergus 2014) | drop in the class score when a square is blanked out | 1 fwd per position |
 #
 # Gradient rollout is vit-explain's method except that each block's attention is paired with that block's own
 # gradient (vit-explain pairs block l with block L-1-l, a bug) and rows are re-normalised, not columns.
+# Integrated gradients integrates the straight path with the library's default adaptive rule
+# (`analysis.attributions`): a 33-point forward sweep of the path, `IG_STEPS` gradients where the class
+# score changes, and up to 4 x `IG_STEPS` while the attributions miss more than 2.5% of the score change.
 #
 # Maps are then scored by **deletion / insertion** (Petsiuk et al. 2018): blur away the pixels the map
 # ranks highest first and follow the predicted class's probability (a faithful map makes it fall fast:
@@ -58,7 +61,7 @@ print(notebook.describe(MODELS))
 
 # %%
 N_IMAGES = 8                # synthetic test images (labels 0..7)
-IG_STEPS = 8                # integrated gradients: integration steps
+IG_STEPS = 8                # integrated gradients: gradients to start from (the adaptive rule adds more)
 OCCLUSION = {"window": 56, "stride": 42}   # pixels: 5 x 5 = 25 occluded copies per image
 DELETION_STEPS = 10         # deletion / insertion curves at 0, 1/10, ..., 1 of the pixels
 METHODS = ["rollout", "grad_rollout", "chefer", "integrated_gradients", "occlusion"]

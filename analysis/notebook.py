@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from analysis.report import load_model
+from t2t.loading import load_model
 
 # captum imports tqdm.auto, which warns in a kernel without ipywidgets ("IProgress not found") about a progress
 # bar the notebooks never show; the notebooks import this module before anything that imports captum.
@@ -61,7 +61,7 @@ def load_models(environ: Mapping[str, str] = os.environ) -> dict[str, nn.Module]
     """{"T2T-ViT": model, "ViT": model} in eval mode on the CPU, weights as the module docstring says.
 
     Embedded weights missing from this checkout fall back to random ones with a warning (see
-    `analysis.report.load_model`), so the notebooks still run; `is_trained` tells the two apart.
+    `t2t.loading.load_model`), so the notebooks still run; `is_trained` tells the two apart.
     """
     weights = environ.get("T2T_LENS_WEIGHTS", "embedded")
     return {label: load_model(environ.get(f"T2T_LENS_MODEL_{ENV_SUFFIX[label]}", name),

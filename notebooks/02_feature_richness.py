@@ -40,9 +40,9 @@ from matplotlib.patches import Rectangle
 import t2t
 from analysis import notebook, redundancy
 from analysis.notebook import denormalize, photo_batch, synthetic_batch
-from analysis.report import load_model
 from analysis.stats import bootstrap_mean
 from t2t.data import CLASS_NAMES
+from t2t.loading import load_model
 
 START = time.perf_counter()
 notebook.use_style()  # figures whose text is at least 10 pt as shown in Jupyter and on GitHub

@@ -77,6 +77,9 @@ def kernel_env(jupyter_path, monkeypatch) -> None:
     for name in list(os.environ):  # the notebooks' defaults (embedded weights), whatever the caller's shell says
         if name.startswith("T2T_LENS_") and name != "T2T_LENS_REQUIRE_BROWSER":
             monkeypatch.delenv(name)
+    # importing streamlit (the app tests, earlier in the same pytest run) sets MPLBACKEND=Agg in os.environ;
+    # a kernel inheriting it draws no inline figures, unlike the Jupyter a reader opens the notebook in
+    monkeypatch.delenv("MPLBACKEND", raising=False)
 
 
 def run_notebook(nb: nbformat.NotebookNode, cwd: Path = NOTEBOOKS) -> nbformat.NotebookNode:

@@ -74,9 +74,11 @@ TWO_FRAMES = "() => new Promise(r => requestAnimationFrame(() => requestAnimatio
 
 
 @contextmanager
-def streamlit_server(port: int, env: dict[str, str] | None = None,
-                     log: Path | None = None) -> Iterator[subprocess.Popen]:
-    """`streamlit run app/main.py` on 127.0.0.1:`port`, headless, no file watcher; stopped on exit."""
+def streamlit_server(port: int, env: dict[str, str] | None = None, log: Path | None = None,
+                     start_timeout: float = 120.0) -> Iterator[subprocess.Popen]:
+    """`streamlit run app/main.py` on 127.0.0.1:`port`, headless, no file watcher; stopped on exit.
+
+    Raises RuntimeError when the server has not answered its health check within `start_timeout` s."""
     out = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115 (closed below)
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.headless", "true", "--server.port",
@@ -85,7 +87,7 @@ def streamlit_server(port: int, env: dict[str, str] | None = None,
         cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
     )
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + start_timeout
         while True:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as response:

@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from benchmarks._browser import streamlit_server
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -60,35 +58,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The app served by `streamlit run` on a free port; stopped after the module's tests."""
     _require_browser()
     port = _port()
-    log = (tmp_path_factory.mktemp("streamlit") / "server.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.headless", "true",
-         "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
-         "--server.fileWatcherType", "none"],
-        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                    if response.read().strip() == b"ok":
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"streamlit did not start; see {log.name}")
-            time.sleep(0.3)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+    with streamlit_server(port, log=tmp_path_factory.mktemp("streamlit") / "server.log", start_timeout=90):
+        yield f"http://127.0.0.1:{port}"
 
 
 # `browser` is the session-wide Chromium of tests/conftest.py: one playwright per process, since

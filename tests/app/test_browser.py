@@ -158,3 +158,30 @@ def test_bad_upload_shows_an_error_and_the_app_goes_on(browser, server: str, tmp
     assert page.locator('[data-testid="stPlotlyChart"]').count() >= 1  # the page still shows the default image
     shoot(page, "bad_upload")
     page.close()
+
+
+def chosen_token(page) -> tuple[int, int]:
+    """(row, col) of soft split 0 from the page's "Chosen: token (r, c) ..." caption."""
+    text = page.get_by_text("Chosen: token").inner_text()
+    row, col = (int(v) for v in text.split("(")[1].split(")")[0].split(","))
+    return row, col
+
+
+def test_clicks_pick_the_token_under_the_pointer(browser, server: str) -> None:
+    """The token picker draws none of its 3136 markers (marker.maxdisplayed, for speed), yet a click
+    anywhere inside a cell of the 56 x 56 grid chooses exactly that cell: plotly finds the clicked
+    point from all of its data (hover), drawn or not."""
+    page = open_app(browser, server)
+    for (row, col), (dy, dx) in [((0, 0), (0.0, 0.0)), ((5, 50), (0.3, -0.3)), ((55, 55), (-0.3, 0.3)),
+                                 ((30, 7), (0.3, 0.3)), ((41, 22), (-0.3, -0.3))]:
+        chart = page.locator(".st-key-pick_split0 .nsewdrag").first
+        chart.scroll_into_view_if_needed()
+        area = chart.bounding_box()
+        x = area["x"] + area["width"] * (col + 0.5 + dx) / 56
+        y = area["y"] + area["height"] * (row + 0.5 + dy) / 56
+        page.mouse.move(x, y)
+        page.mouse.click(x, y)
+        settle(page)
+        no_exception(page)
+        assert chosen_token(page) == (row, col), (row, col, dy, dx)
+    page.close()

@@ -76,11 +76,34 @@ class Attention(nn.Module):
         if tape is None or not tape.attention:
             out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
         else:
-            # scale q (N x d) rather than the scores (N x N): one pass less over the larger tensor
-            attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+            attn, out = softmax_attention(q * self.scale, k, v)
             tape.record("attn", attn)
-            out = attn @ v
         return self.proj(rearrange(out, "b h n d -> b n (h d)"))
+
+
+def softmax_attention(q: Tensor, k: Tensor, v: Tensor, chunk_bytes: int = 2**21) -> tuple[Tensor, Tensor]:
+    """Attention weights softmax(q k^T) (B, h, N, N) and output (B, h, N, d), from (B, h, N, d) inputs.
+
+    q comes scaled: scaling q (N x d) rather than the scores (N x N) is one pass less over the
+    larger tensor. On the CPU a few samples are done at a time, so that their scores stay in
+    cache between the product, the softmax and the product with v: for DeiT-Tiny at 224 px
+    (16 x 3 x 197 x 197) this took 9.1 ms instead of 10.7 ms on one core, against 8.0 ms for the
+    fused kernel that forms no weights. With autograd recording, the weights returned must be the
+    ones the output is computed from (gradients are taken with respect to them): one piece then.
+    """
+    b, h, n, _ = q.shape
+    per_sample = h * n * k.shape[-2] * q.element_size()
+    step = b if q.device.type != "cpu" else max(1, chunk_bytes // max(per_sample, 1))
+    if step >= b or (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)):
+        attn = (q @ k.transpose(-2, -1)).softmax(dim=-1)
+        return attn, attn @ v
+    attn = q.new_empty(b, h, n, k.shape[-2])
+    out = q.new_empty(b, h, n, v.shape[-1])
+    for i in range(0, b, step):
+        part = (q[i:i + step] @ k[i:i + step].transpose(-2, -1)).softmax(dim=-1)
+        attn[i:i + step] = part
+        torch.matmul(part, v[i:i + step], out=out[i:i + step])
+    return attn, out
 
 
 class Block(nn.Module):

@@ -76,16 +76,19 @@ def main() -> None:
                 "--out", str(Path(tmp) / "out"), "--batch-size", str(args.batch_size), "--device", str(device),
                 "--only", "rollout", *(["--workers", str(args.workers)] if args.workers is not None else [])]
         forward_seconds(models, folder, args.batch_size, device)  # warm-up: allocator, kernels, file cache
-        fwd, full, loop = [], [], []
+        fwd, full, loop, parts = [], [], [], []
         for _ in range(args.repeats):
             fwd.append(forward_seconds(models, folder, args.batch_size, device))
             t0 = time.perf_counter()
             timing = report.main(argv)["timing"]
             full.append(time.perf_counter() - t0)  # the JSON and HTML are written after "timing"
             loop.append(timing["images_s"])
+            parts.append((timing["setup_s"], timing["write_s"], full[-1] - timing["total_s"]))
 
     n = args.images
     print("runs (s): forward " + " ".join(f"{t:.2f}" for t in fwd) + " | report " + " ".join(f"{t:.2f}" for t in full))
+    print("fixed cost (s) of each report run: setup (models) / final CSV, JSON, pictures / HTML: " + " | ".join(
+        f"{a:.2f} / {b:.2f} / {c:.2f}" for a, b, c in parts))
     rate = lambda seconds: n / min(seconds)
     print(f"\n{n} images of 224 px, batch {args.batch_size}, models {', '.join(args.models)} ({weights} weights), "
           f"{device}, {torch.get_num_threads()} threads, report workers "

@@ -2,7 +2,8 @@
 
 Per-image pictures are capped: the first --pictures images and the --least-confident ones (chosen
 after the run from the records), drawn at the end by rank 0 from the maps in the records, so the
-count does not grow with the dataset.
+count does not grow with the dataset. They are drawn by a pool of threads while the CSV and JSON
+are written (PIL and NumPy release the interpreter lock while they work).
 """
 
 from __future__ import annotations
@@ -140,27 +141,33 @@ def picture_stem(index: int, label: str) -> str:
     return f"figures/{index:05d}_{slug(Path(label).stem)}"
 
 
-def draw_pictures(out: Path, index: int, records: list[dict[str, Any]], keys: Sequence[tuple], fmt: str) -> None:
-    """Decode the image again and save it (as the first model saw it) and each model's maps over it;
-    fills in each record's "figures" (paths relative to `out`). `keys[m]` is model m's transform."""
+def name_pictures(index: int, records: list[dict[str, Any]], fmt: str) -> None:
+    """Fill in each record's "figures": the paths (relative to --out) `draw_pictures` will write."""
+    stem = picture_stem(index, records[0]["image"])
+    for rec in records:
+        rec["figures"]["input"] = f"{stem}.{fmt}"
+        for name in rec["maps"]:
+            rec["figures"][name] = f"{stem}__{rec['model']}__{name}.{fmt}"
+
+
+def draw_pictures(out: Path, records: list[dict[str, Any]], keys: Sequence[tuple]) -> None:
+    """Decode the image again and save it (as the first model saw it) and each model's maps over it,
+    under the names `name_pictures` gave. `keys[m]` is model m's transform. Reads the records only
+    (so it may run in a thread while they are written out)."""
     import torch
 
     from t2t.images import open_image, preprocess_steps
 
-    first = records[0]
-    stem = picture_stem(index, first["image"])
-    img = open_image(first["path"])
+    img = open_image(records[0]["path"])
     crops: dict[tuple, np.ndarray] = {}
     for key in dict.fromkeys(keys):
         mean, std, size, crop_pct, interpolation = key
         crops[key] = np.asarray(preprocess_steps(img, mean, std, size, crop_pct, interpolation).cropped)
-    save_picture(crops[keys[0]], out / f"{stem}.{fmt}")
+    save_picture(crops[keys[0]], out / records[0]["figures"]["input"])
     for rec, key in zip(records, keys, strict=True):
-        rec["figures"]["input"] = f"{stem}.{fmt}"
         names = list(rec["maps"])
         if not names:
             continue
         maps = torch.tensor([rec["maps"][m] for m in names])
         for name, picture in zip(names, overlays([crops[key]] * len(names), maps), strict=True):
-            rec["figures"][name] = f"{stem}__{rec['model']}__{name}.{fmt}"
             save_picture(picture, out / rec["figures"][name])

@@ -67,7 +67,6 @@ def analyse_batch(model: nn.Module, x: Tensor, opts: Options) -> dict[str, Tenso
     """
     import t2t
     from analysis import attention_stats, faithfulness, redundancy, relevance, rollout
-    from analysis.explain import explain
     from analysis.maps import tokens_to_grid
 
     a = opts.analyses
@@ -120,6 +119,7 @@ def analyse_batch(model: nn.Module, x: Tensor, opts: Options) -> dict[str, Tenso
     for method in opts.methods if "explain" in a else []:
         if method in GRAD_METHODS:
             continue
+        from analysis.explain import explain  # here: it imports Captum (0.7 s), which the others do not need
         if method == "integrated_gradients":
             ig_map, completeness = explain(method, model, x, target=target, n_steps=opts.ig_steps,
                                            return_completeness=True)

@@ -125,6 +125,11 @@ QUICK = FairQueue(_CORES, "t2t-lens-quick", setup=_worker_setup)
 # long jobs (Integrated Gradients, occlusion, ablation, CKA: tens of seconds on a CPU): half the cores,
 # so the other half is left for everyone's page runs
 HEAVY = FairQueue(max(1, _CORES // 2), "t2t-lens-heavy", setup=_worker_setup)
+# How often a progress bar looks whether its jobs are done (seconds). Quick jobs end about a second
+# after the page is drawn: polling each second added up to a second before their rerun (a new number
+# of deletion steps on Explanations was complete 1.6-2.6 s after the move); a poll is a small fragment
+# run, so four a second for that second cost little. Long jobs keep one poll a second.
+POLL_S = {QUICK.name: 0.25, HEAVY.name: 1.0}
 
 
 def memo(fn: Callable[..., T]) -> Callable[..., T]:
@@ -241,7 +246,7 @@ def _progress(queue: FairQueue, group: list[Job]) -> None:
         st.progress(fraction, text=text)
 
     poll.__qualname__ = f"poll_{queue.name}"  # fragments are told apart by their function
-    st.fragment(poll, run_every=1.0)()
+    st.fragment(poll, run_every=POLL_S.get(queue.name, 1.0))()
 
 
 _TRIM = {"last": 0.0, "lock": threading.Lock()}
@@ -716,7 +721,8 @@ def _faithfulness(model_key: str, image_key: str, map_id: str, target: int, step
             out[rest] = score(batch[rest], index[rest]).float()
         return out
 
-    curves = deletion_insertion(known_ends, _x, _saliency[None].to(_x.device), steps=steps,
+    # `fill` is the blurred baseline deletion_insertion would make again (a 135-tap blur), same values
+    curves = deletion_insertion(known_ends, _x, _saliency[None].to(_x.device), baseline=fill, steps=steps,
                                 batch_size=2 * steps + 2)
     return float(curves.deletion_auc[0]), float(curves.insertion_auc[0])
 

@@ -321,3 +321,24 @@ def test_faithfulness_scores_the_curve_ends_once_and_equals_the_reference() -> N
     for m, (deletion, insertion) in zip(maps, ours, strict=True):
         ref = deletion_insertion(model_score_fn(model, torch.tensor([3])), x, m[None], steps=5, batch_size=12)
         assert (deletion, insertion) == (float(ref.deletion_auc[0]), float(ref.insertion_auc[0]))
+
+
+@pytest.mark.parametrize("name", ["deit_tiny_patch16_224", "t2t_vit_7"])
+def test_faithfulness_scores_equal_analysis_faithfulness(name: str) -> None:
+    """The app's path (curve ends scored once and reused, the baseline made once, the class given)
+    gives the AUCs of analysis.faithfulness.faithfulness called directly, for token and pixel maps."""
+    import t2t
+    from analysis.faithfulness import faithfulness
+    from app import _state as S
+
+    model = t2t.create_model(name, pretrained="embedded").eval()
+    x = torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    maps = [torch.rand(14, 14, generator=torch.Generator().manual_seed(2)),
+            torch.rand(224, 224, generator=torch.Generator().manual_seed(3))]
+    key = f"test-faithfulness-ref-{name}-{time.time()}"  # nothing cached under it yet
+    for steps in (5, 6):
+        for i, m in enumerate(maps):
+            deletion, insertion = S._faithfulness(key, "x", f"map{i}", 7, steps, model, x, m)
+            ref = faithfulness(model, x, m[None], target=7, steps=steps)
+            assert deletion == pytest.approx(float(ref.deletion_auc[0]), abs=1e-6)
+            assert insertion == pytest.approx(float(ref.insertion_auc[0]), abs=1e-6)

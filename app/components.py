@@ -271,27 +271,55 @@ def neighbours(row: int, col: int, grid: tuple[int, int]) -> list[tuple[int, int
             if (r, c) != (row, col) and 0 <= r < grid[0] and 0 <= c < grid[1]]
 
 
+# Callbacks are module functions bound to a few names and numbers (functools.partial), never closures
+# over a page's variables: Streamlit keeps every chart's callback in the session for as long as the
+# session lives (a chart's widget id changes with its figure, and old ids are never dropped), so a
+# closure kept the page's whole namespace (traces, attention arrays) alive, about 5 MB per image.
 def pick_callback(chart_key: str, row_key: str, col_key: str, grid: tuple[int, int],
-                  target_grid: tuple[int, int], extra: Callable[[], None] | None = None) -> Callable[[], None]:
+                  target_grid: tuple[int, int], unset_key: str | None = None) -> Callable[[], None]:
     """An on_select callback: the clicked token of a `grid` chart sets the (row, col) widgets.
 
     The widgets live on `target_grid` (e.g. the 56 x 56 grid of soft split 0 when the chart shows
-    the 14 x 14 grid); the centre of the clicked cell is mapped onto it.
+    the 14 x 14 grid); the centre of the clicked cell is mapped onto it. `unset_key`, if given, is
+    set to False on a click (e.g. "query the class token" when a patch token is picked).
     """
+    return functools.partial(_select_token, chart_key, row_key, col_key, tuple(grid), tuple(target_grid), unset_key)
 
-    def callback() -> None:
-        state = st.session_state.get(chart_key)
-        points = (state or {}).get("selection", {}).get("points", []) if state else []
-        picked = picked_cell(points, grid)
-        if picked is None:
-            return
-        r, c = picked
-        st.session_state[row_key] = min(target_grid[0] - 1, int((r + 0.5) * target_grid[0] / grid[0]))
-        st.session_state[col_key] = min(target_grid[1] - 1, int((c + 0.5) * target_grid[1] / grid[1]))
-        if extra is not None:
-            extra()
 
-    return callback
+def _select_token(chart_key: str, row_key: str, col_key: str, grid: tuple[int, int], target_grid: tuple[int, int],
+                  unset_key: str | None) -> None:
+    picked = picked_cell(selected_points(chart_key), grid)
+    if picked is None:
+        return
+    r, c = picked
+    st.session_state[row_key] = min(target_grid[0] - 1, int((r + 0.5) * target_grid[0] / grid[0]))
+    st.session_state[col_key] = min(target_grid[1] - 1, int((c + 0.5) * target_grid[1] / grid[1]))
+    if unset_key is not None:
+        st.session_state[unset_key] = False
+
+
+def tile_callback(chart_key: str, n_tiles: int, index_key: str | None = None,
+                  block_head_keys: tuple[str, str] | None = None, heads: int = 1) -> Callable[[], None]:
+    """An on_select callback for a pickable mosaic of `n_tiles` tiles: the clicked tile's index goes to
+    `index_key`, or (index // heads, index % heads) to the two `block_head_keys`."""
+    return functools.partial(_select_tile, chart_key, n_tiles, index_key, block_head_keys, heads)
+
+
+def _select_tile(chart_key: str, n_tiles: int, index_key: str | None, block_head_keys: tuple[str, str] | None,
+                 heads: int) -> None:
+    picked = picked_cell(selected_points(chart_key), (n_tiles, 1))
+    if picked is None:
+        return
+    if index_key is not None:
+        st.session_state[index_key] = picked[0]
+    if block_head_keys is not None:
+        st.session_state[block_head_keys[0]], st.session_state[block_head_keys[1]] = divmod(picked[0], heads)
+
+
+def selected_points(chart_key: str) -> list[dict]:
+    """The points selected on the chart with this key ([] when none)."""
+    state = st.session_state.get(chart_key)
+    return list((state or {}).get("selection", {}).get("points", []))
 
 
 def picked_cell(points: Sequence[dict], grid: tuple[int, int]) -> tuple[int, int] | None:

@@ -198,13 +198,7 @@ def channel_mosaic(name: str, grid: tuple[int, int], count: int, title: str, key
     channel = st.session_state.get(chosen_key)
     fig = C.mosaic_figure(maps, ncols, title=title, uri=mosaic_uri, pickable=True, highlight=channel,
                           hover_names=[f"channel {i}: click to enlarge" for i in range(len(maps))])
-
-    def pick_channel() -> None:
-        picked = C.picked_cell(st.session_state[key]["selection"]["points"], (len(maps), 1))
-        if picked is not None:
-            st.session_state[chosen_key] = picked[0]
-
-    C.show(fig, key=key, on_select=pick_channel)
+    C.show(fig, key=key, on_select=C.tile_callback(key, len(maps), index_key=chosen_key))
     if channel is None or channel >= len(maps):
         st.caption("Click a tile to enlarge its channel.")
         return

@@ -74,12 +74,8 @@ with left:
     if not use_cls:
         C.add_chosen(fig, C.cell_box(row, col, grid, size), size, 420, color="#00e676")
     C.add_token_picker(fig, grid, size)
-
-    def picked_token() -> None:
-        st.session_state["att_cls"] = False
-
     C.show(fig, key="att_pick", on_select=C.pick_callback("att_pick", "att_row", "att_col", grid, grid,
-                                                          extra=picked_token))
+                                                          unset_key="att_cls"))
     st.caption(f"Attention this query gives the class token: {to_cls:.1%}. The rest is spread over the "
                f"{grid[0] * grid[1]} patch tokens shown.")
 with right:
@@ -88,14 +84,8 @@ with right:
                           row_labels=[f"block {b}" for b in range(nb)], col_labels=[f"h{h}" for h in range(nh)],
                           pickable=True, hover_names=[f"block {i // nh}, head {i % nh}" for i in range(nb * nh)],
                           highlight=None if head == "mean" else block * nh + head, height=520)
-
-    def pick_tile() -> None:
-        points = st.session_state["att_tiles"]["selection"]["points"]
-        picked = C.picked_cell(points, (nb * nh, 1))
-        if picked is not None:
-            st.session_state["att_block"], st.session_state["att_head"] = divmod(picked[0], nh)
-
-    C.show(fig, key="att_tiles", on_select=pick_tile)
+    C.show(fig, key="att_tiles",
+           on_select=C.tile_callback("att_tiles", nb * nh, block_head_keys=("att_block", "att_head"), heads=nh))
 
 st.subheader("Where each head looks: distance and entropy")
 profiles = {m.role: S.attention_profile(ctx, m) for m in ctx.models}

@@ -244,6 +244,32 @@ def test_click_callback_sets_the_token() -> None:
     assert (at.session_state["row"], at.session_state["col"]) == (10, 22)
 
 
+def test_tile_callbacks_set_the_tile_and_unset_the_class_query() -> None:
+    """A clicked tile of a block x head mosaic sets block and head; a clicked token unsets "query
+    the class token"; a clicked channel tile sets the channel. Callbacks hold no page variables."""
+
+    def script() -> None:
+        import streamlit as st
+
+        from app import components as C
+
+        st.session_state.setdefault("cls", True)
+        if "tiles" not in st.session_state:
+            st.session_state["tiles"] = {"selection": {"points": [{"point_index": 3, "customdata": [11, 0]}]}}
+            st.session_state["pick"] = {"selection": {"points": [{"point_index": 17}]}}
+        C.tile_callback("tiles", 12 * 3, block_head_keys=("block", "head"), heads=3)()
+        C.tile_callback("tiles", 12 * 3, index_key="channel")()
+        C.pick_callback("pick", "row", "col", (14, 14), (14, 14), unset_key="cls")()
+
+    at = AppTest.from_function(script)
+    at.run()
+    assert not at.exception
+    assert (at.session_state["block"], at.session_state["head"]) == (3, 2)  # tile 11 of 3 heads a row
+    assert at.session_state["channel"] == 11
+    assert (at.session_state["row"], at.session_state["col"]) == (1, 3)  # point 17 of a 14-wide grid
+    assert at.session_state["cls"] is False
+
+
 def test_picked_cell_formats() -> None:
     assert C.picked_cell([{"customdata": [3, 4, 0]}], (14, 14)) == (3, 4)
     assert C.picked_cell([{"customdata": {"1": 4, "0": 3}}], (14, 14)) == (3, 4)

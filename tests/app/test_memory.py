@@ -1,0 +1,45 @@
+"""What a long session leaves behind: each new image must not keep the previous pages' data alive.
+
+Streamlit keeps every chart's on_select callback for as long as the session lives (a chart's widget
+id changes with its figure, and old ids are never dropped). A callback that closes over a page's
+variables therefore kept that page run's whole namespace alive, with its traces and attention
+arrays: the server's memory grew about 5 MB with every image, whatever the caches' budget.
+"""
+
+from __future__ import annotations
+
+import gc
+from pathlib import Path
+
+from streamlit.testing.v1 import AppTest
+
+from app import _state as S
+
+MAIN = str(Path(__file__).resolve().parents[2] / "app" / "main.py")
+PICKER_PAGES = ["views/1_tokens_to_token.py", "views/2_attention.py"]  # the pages with clickable charts
+
+
+def live_contexts() -> int:
+    gc.collect()
+    return sum(1 for o in gc.get_objects() if isinstance(o, S.Context))
+
+
+def test_new_images_do_not_keep_old_page_runs_alive():
+    at = AppTest.from_file(MAIN, default_timeout=120)
+    at.run()
+    counts = []
+    for example in range(200, 208):  # eight images never shown before, each on both picker pages
+        at.number_input(key="synthetic_example").set_value(example).run()
+        for page in PICKER_PAGES:
+            at.switch_page(page).run()
+            assert not at.exception, [e.value for e in at.exception]
+        counts.append(live_contexts())
+    # the session's current context (and what the last runs still hold) stays; the count must not
+    # climb with the images (it rose by two per image when callbacks were page closures)
+    assert counts[-1] <= counts[1] + 1, counts
+    metadata = at.session_state._state._state._new_widget_state.widget_metadata
+    for meta in metadata.values():
+        callback = meta.callback
+        if callback is not None:
+            assert getattr(callback, "__closure__", None) is None, (meta.id, callback)
+            assert getattr(callback, "__module__", "") != "__main__", (meta.id, callback)

@@ -33,30 +33,38 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 RECORDER = """
 (() => {
   window.__runs = [];
-  const note = (el) => {
-    const s = el.getAttribute('data-test-script-state');
+  const push = (s) => {
     if (window.__runs.length === 0 || window.__runs[window.__runs.length - 1][1] !== s)
       window.__runs.push([performance.now(), s]);
   };
   const attach = () => {
     const el = document.querySelector('[data-testid="stApp"]');
     if (!el) { setTimeout(attach, 10); return; }
-    note(el);
-    new MutationObserver(() => note(el)).observe(el, {attributes: true,
-                                                       attributeFilter: ['data-test-script-state']});
+    push(el.getAttribute('data-test-script-state'));
+    // every state the attribute took, even when several changes come in one batch of records: the
+    // state after change i is the old value of change i + 1, and the current value after the last
+    new MutationObserver((records) => {
+      for (let i = 1; i < records.length; i++) push(records[i].oldValue);
+      push(el.getAttribute('data-test-script-state'));
+    }).observe(el, {attributes: true, attributeOldValue: true, attributeFilter: ['data-test-script-state']});
   };
   attach();
 })();
 """
 
-# True once a run that started after t0 has finished and no element waits for its lazily loaded code (a
-# skeleton); the caller then waits for two animation frames.
+# True once the run that answers an action at t0 has finished and no element waits for its lazily loaded
+# code (a skeleton); the caller then waits for two animation frames. That run is the first one to start
+# after t0, or the one already running at t0: Streamlit folds an action that comes during a run into it
+# (the run restarts with the new widget values, and the state stays "running" meanwhile).
 IDLE_AFTER = """
 (t0) => {
   const SKELETON = '[data-testid="stSkeleton"]';
   const runs = window.__runs || [];
   let started = -1;
-  for (let i = 0; i < runs.length; i++) if (runs[i][0] >= t0 && runs[i][1] === 'running') { started = i; break; }
+  for (let i = runs.length - 1; i >= 0; i--)  // the run in progress at t0, if any
+    if (runs[i][0] < t0) { if (runs[i][1] === 'running') started = i; break; }
+  if (started < 0)  // else the first run to start after t0
+    for (let i = 0; i < runs.length; i++) if (runs[i][0] >= t0 && runs[i][1] === 'running') { started = i; break; }
   if (started < 0) return false;
   const last = runs[runs.length - 1];
   return last[1] === 'notRunning' && runs.length - 1 > started && !document.querySelector(SKELETON);

@@ -55,6 +55,14 @@ def distinct_png(rng: random.Random, serial: int) -> bytes:
     return buf.getvalue()
 
 
+# what the page shows when a step found no finished run: the last script states (ms after the action)
+STUCK = """(t0) => JSON.stringify({url: location.pathname, now: Math.round(performance.now() - t0),
+  runs: (window.__runs || []).slice(-6).map(r => [Math.round(r[0] - t0), r[1]]),
+  skeletons: document.querySelectorAll('[data-testid="stSkeleton"]').length,
+  state: document.querySelector('[data-testid="stApp"]')?.getAttribute('data-test-script-state'),
+  status: document.querySelector('[data-testid="stStatusWidget"]')?.innerText || null})"""
+
+
 class Stats:
     def __init__(self, pid: int) -> None:
         self.pid = pid
@@ -86,6 +94,7 @@ async def timed(page, action, timeout_s: float) -> float | None:
     try:
         await page.wait_for_function(IDLE_AFTER, arg=t0, timeout=timeout_s * 1000, polling=50)
     except Exception:  # playwright's TimeoutError: counted, and the session goes on
+        print("  stuck step:", await page.evaluate(STUCK, t0), flush=True)
         return None
     t1 = await page.evaluate(TWO_FRAMES)
     return (t1 - t0) / 1000
@@ -127,7 +136,8 @@ async def session(browser, url: str, index: int, stats: Stats, until: float, tim
 async def run(args: argparse.Namespace) -> None:
     from playwright.async_api import async_playwright
 
-    with streamlit_server(args.port, log=args.log) as proc:
+    env = dict(item.split("=", 1) for item in args.env)
+    with streamlit_server(args.port, env=env, log=args.log) as proc:
         stats = Stats(proc.pid)
         print(f"server RSS at start {rss_bytes(proc.pid) / 1e9:.2f} GB", flush=True)
         async with async_playwright() as p:
@@ -158,6 +168,8 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8523)
     parser.add_argument("--step-timeout", type=float, default=180, help="seconds before a step counts as stuck")
     parser.add_argument("--log", type=Path, default=None, help="write the server's output here")
+    parser.add_argument("--env", nargs="*", default=[], metavar="NAME=VALUE",
+                        help="environment of the server, e.g. MALLOC_ARENA_MAX=2")
     asyncio.run(run(parser.parse_args()))
 
 

@@ -24,6 +24,8 @@ import plotly.graph_objects as go
 import streamlit as st
 from PIL import Image
 
+from app._state import memo
+
 Box = tuple[int, int, int, int]  # top, left, bottom, right (pixels, bottom/right exclusive)
 
 PALETTE = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45", "#fabed4")
@@ -114,7 +116,7 @@ def png_uri(image: np.ndarray | Image.Image) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-@st.cache_data(max_entries=64, show_spinner=False)
+@memo  # in the per-image cache, under its budget in bytes
 def cached_png_uri(key: str, _image: np.ndarray) -> str:
     """`png_uri` remembered by a caller's key (e.g. model + image), so reruns do not re-encode."""
     return png_uri(_image)
@@ -450,7 +452,7 @@ def mosaic_uri(maps: np.ndarray, ncols: int, normalize: bool = True, cmap: str =
     return png_uri(upscale(colorize(grid, cmap, lo, hi)))
 
 
-@st.cache_data(max_entries=128, show_spinner=False)
+@memo
 def cached_overlay_uri(key: str, _image: np.ndarray, _heat: Callable[[], np.ndarray]) -> str:
     """`overlay_uri` remembered by a caller's key (model + image + map), so reruns do not redo it;
     `_heat()` gives the (S, S) map in [0, 1] and is only called on a miss."""

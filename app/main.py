@@ -302,7 +302,7 @@ def image_picker() -> tuple[S.ImageChoice, list[str]]:
         return fallback, [f"The uploaded image could not be used: {err} Showing the {fallback.label} instead."]
 
 
-@st.cache_resource(max_entries=32, show_spinner=False)
+@S.memo  # in the per-image cache, under its budget in bytes
 def preprocessing_images(model_key: str, image_key: str, _steps: PreprocessSteps) -> list[bytes]:
     """PNGs of the original with the crop drawn on it, and of the model input (encoded once)."""
     original = _steps.original.copy()
@@ -312,7 +312,7 @@ def preprocessing_images(model_key: str, image_key: str, _steps: PreprocessSteps
     return [png_bytes(original), png_bytes(_steps.cropped)]
 
 
-@st.cache_resource(max_entries=32, show_spinner=False)
+@S.memo
 def thumbnail(image_key: str, _image: Image.Image) -> bytes:
     small = _image.copy()
     small.thumbnail((320, 320))

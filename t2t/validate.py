@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from t2t.data.folder import Transform, eval_transform, labelled_images, read_inputs, unusable
-from t2t.distributed import Dist, Journal, run_batches
+from t2t.distributed import Dist, Journal, default_workers, run_batches
 
 
 class EvalImages(Dataset):
@@ -184,13 +184,14 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
         per_rank = dist_.gather(mine)
         dataset = EvalImages(samples, transform)
         pin = device.type == "cuda"
+        workers = args.workers if args.workers is not None else default_workers(device)
 
         def step(batch: Batch) -> list[dict[str, Any]]:
             logits = forward(model, batch.x.to(device, non_blocking=True), args.amp) if batch.x is not None else None
             return batch_lines(batch, logits.cpu() if logits is not None else None)
 
         t0 = time.perf_counter()
-        run_batches(dist_, todo, args.batch_size, lambda b: make_loader(dataset, b, args.workers, pin), step,
+        run_batches(dist_, todo, args.batch_size, lambda b: make_loader(dataset, b, workers, pin), step,
                     journal, f"validate {model.default_cfg['name']}")
         seconds = time.perf_counter() - t0
         if not dist_.is_main:
@@ -203,7 +204,7 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
             "model": describe_model(model), "data": {"source": str(args.data), "labels": labelled.labels,
                                                      "files": len(samples) + len(labelled.missing)},
             "missing": [{"path": p, "reason": r} for p, r in labelled.missing],
-            "settings": {"batch_size": args.batch_size, "workers": args.workers, "amp": args.amp,
+            "settings": {"batch_size": args.batch_size, "workers": workers, "amp": args.amp,
                          "device": str(device), "transform": {"mean": list(transform[0]), "std": list(transform[1]),
                                                               "img_size": transform[2], "crop_pct": transform[3],
                                                               "interpolation": transform[4]},
@@ -249,8 +250,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="result JSON (top1, top5, loss, per class, ...)")
     p.add_argument("--predictions", default=None, help="also a CSV row per image (label, prediction, loss)")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--workers", type=int, default=min(4, max(1, (os.cpu_count() or 2) - 1)),
-                   help="DataLoader decoding processes per rank (0: decode in the main process)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="DataLoader decoding processes per rank (0: decode in the main process; default: up to 4 "
+                   "with a GPU, none on a CPU of 2 cores or fewer per rank)")
     p.add_argument("--device", default="auto", help="auto = this rank's GPU, else mps, else cpu")
     p.add_argument("--no-ema", action="store_true", help="load the checkpoint's state_dict, not its EMA weights")
     p.add_argument("--crop-pct", type=float, default=None, help="override the model's centre-crop fraction")
@@ -267,7 +269,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def check(args: argparse.Namespace, p: argparse.ArgumentParser) -> None:
     if args.batch_size < 1:
         p.error("--batch-size must be at least 1")
-    if args.workers < 0:
+    if args.workers is not None and args.workers < 0:
         p.error("--workers must be 0 or more")
     if args.crop_pct is not None and not 0 < args.crop_pct <= 1:
         p.error("--crop-pct must be in (0, 1]")

@@ -27,7 +27,7 @@ from analysis.report.inputs import Prepared, Skipped, find_images, load_models, 
 from analysis.report.page import write_html
 from analysis.report.pictures import draw_pictures, name_pictures, summary_figures
 from analysis.report.writers import LeastConfident, ResultWriter, Summary, csv_fields
-from t2t.distributed import Dist, Journal, run_batches, shard
+from t2t.distributed import Dist, Journal, default_workers, run_batches, shard
 from t2t.loading import describe_model
 
 
@@ -79,7 +79,8 @@ def _run(args: argparse.Namespace, dist_: Dist) -> dict[str, Any] | None:
     per_rank = dist_.gather(len(shard(todo, dist_.rank, dist_.world_size)))
 
     t_loop = time.perf_counter()
-    run_batches(dist_, todo, args.batch_size, lambda batches: make_loader(files, keys, batches, args.workers),
+    workers = args.workers if args.workers is not None else default_workers(device)
+    run_batches(dist_, todo, args.batch_size, lambda batches: make_loader(files, keys, batches, workers),
                 lambda batch: step_lines(models, keys, opts, device, batch), journal, "report")
     t_write = time.perf_counter()
     if not dist_.is_main:
@@ -140,7 +141,7 @@ def _run(args: argparse.Namespace, dist_: Dist) -> dict[str, Any] | None:
                      "pictures_rule": (f"the first {args.pictures}" if args.pictures >= 0 else "all")
                      + (f" and the {args.least_confident} least confident" if args.least_confident else "")},
         "run": {"world_size": dist_.world_size, "images_per_rank": per_rank, "backend": dist_.backend,
-                "workers": args.workers, "resumed_images": len(done)},
+                "workers": workers, "resumed_images": len(done)},
         "models": [describe_model(m) for m in models],
         "counts": {"files": len(files) + len(missing), "analysed": analysed, "skipped": len(skipped)},
         "skipped": [{"path": s.path, "reason": s.reason} for s in skipped],
@@ -184,8 +185,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="one for all models or one per model: embedded, imagenet, random, or a checkpoint path/URL")
     p.add_argument("--no-ema", action="store_true", help="load a checkpoint's state_dict, not its EMA weights")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--workers", type=int, default=min(4, max(1, (torch.multiprocessing.cpu_count() or 2) - 1)),
-                   help="DataLoader decoding processes per rank (0: decode in the main process)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="DataLoader decoding processes per rank (0: decode in the main process; default: up to 4 "
+                   "with a GPU, none on a CPU of 2 cores or fewer per rank)")
     p.add_argument("--device", default="auto", help="auto = this rank's GPU, then mps, then cpu")
     p.add_argument("--only", nargs="+", choices=ANALYSES, default=list(DEFAULT_ANALYSES), metavar="ANALYSIS",
                    help=f"analyses to run, of {', '.join(ANALYSES)} (the prediction is always made)")
@@ -216,7 +218,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.command = None if argv is None else " ".join(["python -m analysis.report", *argv])
     if args.batch_size < 1:
         p.error("--batch-size must be at least 1")
-    if args.workers < 0 or args.least_confident < 0:
+    if (args.workers is not None and args.workers < 0) or args.least_confident < 0:
         p.error("--workers and --least-confident must be 0 or more")
     return args
 

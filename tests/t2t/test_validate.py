@@ -169,3 +169,20 @@ def test_command_line_errors_are_clear(folder, tmp_path):
     (tmp_path / "bad" / "cats" / "c.png").write_bytes(b"")
     with pytest.raises(SystemExit, match="cannot tell the classes of cats"):
         cli(["validate", "--model", "t2t_vit_7", "--weights", "random", "--data", str(tmp_path / "bad")])
+
+
+def test_default_workers_decode_in_the_main_process_on_a_small_cpu(monkeypatch) -> None:
+    """No decoding process beside a CPU model with 2 cores or fewer per rank; up to 4 with a GPU."""
+    import os
+
+    from t2t.distributed import default_workers
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(2)), raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert default_workers(torch.device("cpu")) == 0
+    assert default_workers(torch.device("cuda")) == 1
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert default_workers(torch.device("cpu")) == 4
+    assert default_workers(torch.device("cuda")) == 4
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")  # torchrun, 8 ranks on 16 cores: 2 cores each
+    assert default_workers(torch.device("cpu")) == 0

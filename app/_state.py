@@ -125,11 +125,10 @@ QUICK = FairQueue(_CORES, "t2t-lens-quick", setup=_worker_setup)
 # long jobs (Integrated Gradients, occlusion, ablation, CKA: tens of seconds on a CPU): half the cores,
 # so the other half is left for everyone's page runs
 HEAVY = FairQueue(max(1, _CORES // 2), "t2t-lens-heavy", setup=_worker_setup)
-# How often a progress bar looks whether its jobs are done (seconds). Quick jobs end about a second
-# after the page is drawn: polling each second added up to a second before their rerun (a new number
-# of deletion steps on Explanations was complete 1.6-2.6 s after the move); a poll is a small fragment
-# run, so four a second for that second cost little. Long jobs keep one poll a second.
-POLL_S = {QUICK.name: 0.25, HEAVY.name: 1.0}
+# A progress bar looks whether its jobs are done once a second. Four looks a second made the faithfulness
+# scores of Explanations come later, not sooner (bench_app after a steps change: complete 2.10 s instead
+# of 1.48 s, 2 cores): each look is a fragment run, in the server and in the browser, beside the jobs.
+POLL_S = 1.0
 
 
 def memo(fn: Callable[..., T]) -> Callable[..., T]:
@@ -246,7 +245,7 @@ def _progress(queue: FairQueue, group: list[Job]) -> None:
         st.progress(fraction, text=text)
 
     poll.__qualname__ = f"poll_{queue.name}"  # fragments are told apart by their function
-    st.fragment(poll, run_every=POLL_S.get(queue.name, 1.0))()
+    st.fragment(poll, run_every=POLL_S)()
 
 
 _TRIM = {"last": 0.0, "lock": threading.Lock()}

@@ -1,7 +1,7 @@
 """Throughput of `python -m t2t validate` and `python -m analysis.report --only rollout`: one process with
 two threads against `torchrun --nproc_per_node=2` with one thread each, measured in one run.
 
-    python benchmarks/bench_validate.py [--images 256] [--batch-size 32] [--repeats 2] [--workers 1]
+    python benchmarks/bench_validate.py [--images 256] [--batch-size 32] [--repeats 2] [--workers N]
 
 Writes `--images` synthetic test images (224 px PNG, in class-index sub-folders) to a temporary
 folder and runs each command as a fresh process (as a user would), interleaved, `--repeats`
@@ -49,13 +49,15 @@ def main() -> None:
     p.add_argument("--images", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--workers", type=int, default=1, help="DataLoader workers per process")
+    p.add_argument("--workers", type=int, default=None,
+                   help="DataLoader workers per process (default: the commands' own, none on a 2-core CPU)")
     args = p.parse_args()
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "images"
         write_folder(data, args.images)
-        common = ["--batch-size", str(args.batch_size), "--workers", str(args.workers)]
+        common = ["--batch-size", str(args.batch_size),
+                  *(["--workers", str(args.workers)] if args.workers is not None else [])]
         jobs = {
             "validate": (["-m", "t2t", "validate", "--model", "t2t_vit_7", "--weights", "embedded", "--data",
                           str(data), *common, "--out"], lambda out: json.loads(Path(out).read_text())["timing"][
@@ -76,7 +78,8 @@ def main() -> None:
                           flush=True)
                     key = (what, mode)
                     best[key] = [max(a, b) for a, b in zip(best.get(key, [0, 0]), rates, strict=True)]
-    print(f"\n{args.images} images of 224 px, batch {args.batch_size}, {args.workers} DataLoader worker(s) per "
+    workers = "default" if args.workers is None else args.workers
+    print(f"\n{args.images} images of 224 px, batch {args.batch_size}, {workers} DataLoader worker(s) per "
           f"process, {os.cpu_count()} cores; best of {args.repeats}")
     for what in jobs:
         one, two = best[what, "1 x 2 threads"], best[what, "torchrun 2 x 1"]

@@ -53,17 +53,15 @@ def counts_table() -> None:
         row(f"reshape + soft split 2: {k1}×{k1}, stride 2", "t2t.split2", tr),
         row("linear projection → backbone", "t2t.project", tr),
     ]
-    c1, c2 = st.columns([5, 4])
-    with c1:
-        st.markdown(f"**{lm.name}** on a {size[0]}×{size[1]} input\n\n" + head + "\n" + "\n".join(t2t_rows))
-    with c2:
-        p = vm.model.patch_embed.patch_size
-        st.markdown(
-            f"**{vm.name}**\n\n" + head + "\n"
-            + f"| hard split: {p}×{p} patches, stride {p} (no overlap) | (pixels) | {vgrid[0]}×{vgrid[1]} | "
-              f"**{vgrid[0] * vgrid[1]}** | {3 * p * p} |\n"
-            + row("linear projection → backbone", "patch_embed", vtr)
-        )
+    # one under the other: side by side, the second table ran past the page's right edge at 1280 px
+    st.markdown(f"**{lm.name}** on a {size[0]}×{size[1]} input\n\n" + head + "\n" + "\n".join(t2t_rows))
+    p = vm.model.patch_embed.patch_size
+    st.markdown(
+        f"**{vm.name}**\n\n" + head + "\n"
+        + f"| hard split: {p}×{p} patches, stride {p} (no overlap) | (pixels) | {vgrid[0]}×{vgrid[1]} | "
+          f"**{vgrid[0] * vgrid[1]}** | {3 * p * p} |\n"
+        + row("linear projection → backbone", "patch_embed", vtr)
+    )
 
 
 counts_table()

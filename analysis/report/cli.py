@@ -6,7 +6,8 @@ import argparse
 import hashlib
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
@@ -108,27 +109,39 @@ def _run(args: argparse.Namespace, dist_: Dist) -> dict[str, Any] | None:
     writer = ResultWriter(out, csv_fields(depth, opts))
     pictured: dict[int, dict[str, Any]] = {}
     summary_result = summary.result()
-    # one torch thread each (a per-thread setting): two pictures at once, each on its own core, took
-    # 0.24 s for 80 images where two threads of two torch threads each took 0.30 s (0.40 s in one)
-    with ThreadPoolExecutor(max_workers=max(1, min(4, torch.get_num_threads())),
-                            initializer=torch.set_num_threads, initargs=(1,)) as pool:
-        plots = pool.submit(summary_figures, summary_result, out / "figures") if summary_result else None
-        drawing = []
-        for line in journal.in_order():
-            if "records" not in line:
-                continue
-            recs = line["records"]
-            if line["i"] in why:
-                name_pictures(line["i"], recs, args.image_format)
-                drawing.append(pool.submit(draw_pictures, out, recs, keys))
-                pictured[line["i"]] = {"index": line["i"], "image": recs[0]["image"], "why": why[line["i"]],
-                                       "models": [{k: r[k] for k in ("model", "pred_class", "pred_prob", "figures",
-                                                                     "completeness") if k in r} for r in recs]}
-            for rec in recs:
-                writer.add(rec)
-        for job in drawing:
-            job.result()  # a failed picture fails the run, as it did when drawn in this thread
-        figures = plots.result() if plots is not None else {}
+    # one torch thread each: two pictures at once, each on its own core, took 0.24 s for 80 images
+    # where two threads of two torch threads each took 0.30 s (0.40 s in one thread). The setting
+    # leaks into the process's thread pool, so the main thread's count is put back afterwards.
+    threads = torch.get_num_threads()
+    drawers = max(1, min(4, threads))
+    window: deque[Future] = deque()  # pictures being drawn: a bounded queue, whatever --pictures is
+    try:
+        with ThreadPoolExecutor(max_workers=drawers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+            plots = pool.submit(summary_figures, summary_result, out / "figures") if summary_result else None
+            for line in journal.in_order():
+                if "records" not in line:
+                    continue
+                recs = line["records"]
+                if line["i"] in why:
+                    name_pictures(line["i"], recs, args.image_format)
+                    if len(window) >= 2 * drawers:
+                        window.popleft().result()  # a failed picture fails the run, as when drawn in this thread
+                    window.append(pool.submit(draw_pictures, out, recs, keys))
+                    pictured[line["i"]] = {"index": line["i"], "image": recs[0]["image"], "why": why[line["i"]],
+                                           "models": [{k: r[k] for k in ("model", "pred_class", "pred_prob",
+                                                                         "figures", "completeness") if k in r}
+                                                      for r in recs]}
+                for rec in recs:
+                    writer.add(rec)
+            while window:
+                window.popleft().result()
+            figures = plots.result() if plots is not None else {}
+    except BaseException:
+        for job in window:
+            job.cancel()
+        raise
+    finally:
+        torch.set_num_threads(threads)
     report: dict[str, Any] = {
         "command": args.command or " ".join(["python -m analysis.report", *sys.argv[1:]]),
         "created": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),

@@ -318,3 +318,48 @@ def test_pictures_are_capped_to_the_first_and_the_least_confident(run, tmp_path)
     assert drawn == {Path(v).name for p in want for r in by_image[p] for v in r["figures"].values()}
     page = (out / "report.html").read_text()
     assert page.count("<tr><td><img") == len(want) and f"{len(want)} of {len(GOOD)} images pictured" in page
+
+
+def test_all_pictures_drawn_in_a_bounded_queue_and_threads_restored(run, tmp_path, monkeypatch):
+    """--pictures all: every image's pictures are drawn, never more than 2 per drawing thread waiting
+    at once (the records they hold would otherwise pile up with the dataset), and the process's torch
+    thread count is what it was (the drawing threads run on one torch thread each)."""
+    import threading
+
+    import analysis.report.cli as cli
+
+    waiting, most, lock = [0], [0], threading.Lock()
+    real = cli.draw_pictures
+
+    def counted(*args):
+        try:
+            return real(*args)
+        finally:
+            with lock:
+                waiting[0] -= 1
+
+    class Pool(cli.ThreadPoolExecutor):
+        def submit(self, fn, *args, **kwargs):
+            if fn is counted:
+                with lock:
+                    waiting[0] += 1
+                    most[0] = max(most[0], waiting[0])
+            return super().submit(fn, *args, **kwargs)
+
+    monkeypatch.setattr(cli, "draw_pictures", counted)
+    monkeypatch.setattr(cli, "ThreadPoolExecutor", Pool)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # one drawing thread: at most 2 of the 4 images may wait at once
+    try:
+        out = tmp_path / "out"
+        report.main(["--models", *MODELS, "--weights", *run.weights.values(), "--images", *(
+            str(run.root / "images" / g) for g in GOOD), "--out", str(out), "--only", "rollout", "--pictures",
+            "all"])
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    data = json.loads((out / "results.json").read_text())
+    assert all(rec["figures"] for rec in data["results"])
+    for rec in data["results"]:
+        assert all((out / f).is_file() for f in rec["figures"].values())
+    assert 1 <= most[0] <= 2

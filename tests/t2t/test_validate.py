@@ -177,12 +177,17 @@ def test_default_workers_decode_in_the_main_process_on_a_small_cpu(monkeypatch) 
 
     from t2t.distributed import default_workers
 
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(2)), raising=False)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     assert default_workers(torch.device("cpu")) == 0
     assert default_workers(torch.device("cuda")) == 1
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
     assert default_workers(torch.device("cpu")) == 4
     assert default_workers(torch.device("cuda")) == 4
-    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")  # torchrun, 8 ranks on 16 cores: 2 cores each
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")  # torchrun, 8 ranks sharing 16 cores: 2 cores each
     assert default_workers(torch.device("cpu")) == 0
+    monkeypatch.setattr(os, "cpu_count", lambda: 32)  # 8 ranks, each pinned to 4 of 32 cores
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(4)), raising=False)
+    assert default_workers(torch.device("cpu")) == 3

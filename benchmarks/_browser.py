@@ -141,12 +141,14 @@ def open_page(browser, url: str, width: int = 1600, height: int = 1000, timeout_
     return page
 
 
+# True when no script run is going on and no element waits for its code.
+QUIET = ("() => { const r = window.__runs || []; return r.length > 0 && r[r.length - 1][1] === 'notRunning' "
+         "&& !document.querySelector('[data-testid=\"stSkeleton\"]'); }")
+
+
 def wait_quiet(page, timeout_s: float = 300) -> None:
     """Wait until no script run is going on and no element waits for its code."""
-    page.wait_for_function(
-        "() => { const r = window.__runs || []; return r.length > 0 && r[r.length - 1][1] === 'notRunning' "
-        "&& !document.querySelector('[data-testid=\"stSkeleton\"]'); }",
-        timeout=timeout_s * 1000)
+    page.wait_for_function(QUIET, timeout=timeout_s * 1000)
 
 
 def timed(page, action: Callable[[], None], timeout_s: float = 300) -> tuple[float, float]:

@@ -26,11 +26,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._browser import CHROMIUM, CHROMIUM_ARGS, IDLE_AFTER, RECORDER, TWO_FRAMES, rss_bytes, streamlit_server  # noqa: E402,I001
+from benchmarks._browser import (  # noqa: E402
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    IDLE_AFTER,
+    QUIET,
+    RECORDER,
+    TWO_FRAMES,
+    rss_bytes,
+    streamlit_server,
+)
 
 PAGES = ["tokens", "attention", "explanations", "features", "classify"]
-QUIET = ("() => { const r = window.__runs || []; return r.length > 0 && r[r.length - 1][1] === 'notRunning' "
-         "&& !document.querySelector('[data-testid=\"stSkeleton\"]'); }")
 
 
 def distinct_png(rng: random.Random, serial: int) -> bytes:

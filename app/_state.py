@@ -9,9 +9,10 @@ What is expensive is computed once and reused, by every session of the server:
   out first. A hit returns the same tensors without a copy, so a rerun that needs no new forward
   pass costs only the figures. What no session shows any more ages out of the budget;
 - heavy work (Integrated Gradients, occlusion, token ablation, CKA: `HEAVY`; faithfulness curves:
-  `QUICK`) runs in fair queues of a few worker threads shared by all sessions (`background`): the
-  page is drawn at once with a progress bar in the result's place, which reruns the page when the
-  result is ready; one student's jobs take turns with everyone else's.
+  `QUICK`) runs in fair queues of a few worker threads shared by all sessions: the page is drawn at
+  once with a progress bar in the result's place. A heavy result reruns the page when it is ready
+  (`background`); a quick one is drawn in its place at the end of the same run (`soon`,
+  `draw_when_ready`, `finish_run`). One student's jobs take turns with everyone else's.
 
 The sidebar (main.py) builds a `Context` each run and stores it in session state; pages call
 `context()` to get it. Out-of-memory on the GPU switches the session to the CPU (`guarded`).
@@ -19,6 +20,7 @@ The sidebar (main.py) builds a `Context` each run and stores it in session state
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import hashlib
 import importlib
@@ -125,9 +127,10 @@ QUICK = FairQueue(_CORES, "t2t-lens-quick", setup=_worker_setup)
 # long jobs (Integrated Gradients, occlusion, ablation, CKA: tens of seconds on a CPU): half the cores,
 # so the other half is left for everyone's page runs
 HEAVY = FairQueue(max(1, _CORES // 2), "t2t-lens-heavy", setup=_worker_setup)
-# A progress bar looks whether its jobs are done once a second. Four looks a second made the faithfulness
-# scores of Explanations come later, not sooner (bench_app after a steps change: complete 2.10 s instead
-# of 1.48 s, 2 cores): each look is a fragment run, in the server and in the browser, beside the jobs.
+# A heavy job's progress bar looks whether its jobs are done once a second. Four looks a second made the
+# faithfulness scores of Explanations come later, not sooner, when they were polled this way (bench_app
+# after a steps change: complete 2.10 s instead of 1.48 s, 2 cores): each look is a fragment run, in the
+# server and in the browser, beside the jobs. Quick jobs are now waited for in the run itself (`soon`).
 POLL_S = 1.0
 
 
@@ -198,6 +201,88 @@ def background(queue: FairQueue, label: str, fn: Callable[..., T], *args: Any) -
 
 
 _JOBS_KEY = "_t2t_lens_jobs"
+_LATER_KEY = "_t2t_lens_later"
+
+
+@dataclass(eq=False)
+class Pending:
+    """A value that is known now (`job` None) or that `job` computes in `queue`."""
+
+    value: Any = None
+    job: Job | None = None
+    queue: FairQueue | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.job is None
+
+
+def soon(queue: FairQueue, label: str, fn: Callable[..., T], *args: Any) -> Pending:
+    """`fn(*args)` (a @memo function, so cached in `CACHE`) as a `Pending`: the cached value, or a job of
+    `queue` that `draw_when_ready` draws at the end of this run. For results that take a second or two
+    (faithfulness curves): the run waits for them after the whole page is drawn, and puts them in place
+    without a second run of the page (a rerun of Explanations costs about 0.35 s on a 2-core CPU).
+    Without a browser (AppTest) this waits for the value here."""
+    key = fn.key_of(*args)  # type: ignore[attr-defined]
+    found, value = CACHE.peek(key)
+    if found:
+        return Pending(value)
+    while True:
+        job = queue.submit(key, _session_id(), label, lambda: fn(*args))
+        if browser_polls() and not job.done:
+            return Pending(job=job, queue=queue)
+        try:
+            return Pending(guarded(job.future.result))
+        except Abandoned:  # dropped just before this session asked again: queue it anew
+            continue
+
+
+@dataclass(eq=False)
+class _Later:
+    needs: list[Pending]
+    slot: Any  # the st.empty() that holds a progress bar until the drawing replaces it
+    draw: Callable[..., None] = field(repr=False)
+
+
+def draw_when_ready(needs: Sequence[Pending], draw: Callable[..., None]) -> None:
+    """`draw(*values)` here, now if every value of `needs` is known, else at the end of this run
+    (`finish_run`): a progress bar holds the place meanwhile."""
+    if all(p.ready for p in needs):
+        draw(*(p.value for p in needs))
+        return
+    slot = st.empty()
+    jobs = [p for p in needs if not p.ready]
+    slot.progress(*_progress_text(jobs[0].queue, [p.job for p in jobs]))
+    st.session_state.setdefault(_LATER_KEY, []).append(_Later(list(needs), slot, draw))
+
+
+def finish_run(tick_s: float = 0.2) -> None:
+    """Wait for the jobs this run's `draw_when_ready` calls need, and draw each result in its place as
+    soon as its values are in (main.py, after the page).
+
+    The page is on screen meanwhile; its progress bars move every `tick_s`. Each move is a Streamlit
+    call, where a widget change of the user stops this run at once (Streamlit's rerun request), so
+    waiting here never delays the next interaction by more than `tick_s`; the jobs go on in their
+    queue and their results are cached for that next run."""
+    later: list[_Later] = st.session_state.get(_LATER_KEY) or []
+    st.session_state[_LATER_KEY] = []
+    while later:
+        waiting = [p.job.future for item in later for p in item.needs if not p.ready and not p.job.done]
+        if waiting:
+            concurrent.futures.wait(waiting, timeout=tick_s, return_when=concurrent.futures.FIRST_COMPLETED)
+        now, left = time.monotonic(), []
+        for item in later:
+            jobs = [p for p in item.needs if not p.ready]
+            if all(p.job.done for p in jobs):
+                values = [p.value if p.ready else guarded(p.job.future.result) for p in item.needs]
+                with item.slot.container():
+                    item.draw(*values)
+                continue
+            for p in jobs:
+                p.job.wanted = now  # this session still waits for it: keep it queued
+            item.slot.progress(*_progress_text(jobs[0].queue, [p.job for p in jobs]))
+            left.append(item)
+        later = left
 
 
 def new_run() -> None:
@@ -727,14 +812,14 @@ def _faithfulness(model_key: str, image_key: str, map_id: str, target: int, step
 
 
 def faithfulness_scores(ctx: Context, lm: LoadedModel, map_id: str, saliency: Tensor, target: int,
-                        steps: int) -> tuple[float, float] | None:
+                        steps: int) -> Pending:
     """(deletion AUC, insertion AUC) of a map (h, w) or (S, S) for class `target`; `map_id` names it.
 
-    Computed in the `QUICK` queue, so a page's maps are drawn while their curves run two at a time:
-    None until then (a progress bar stands in their place, see `background`).
+    Computed in the `QUICK` queue, so a page's maps are drawn while their curves run two at a time: a
+    `Pending` for `draw_when_ready`, which shows the scores at the end of the same run.
     """
-    return guarded(background, QUICK, f"Deletion / insertion for {lm.name}", _faithfulness, lm.key, ctx.image.key,
-                   map_id, target, steps, lm.model, ctx.inputs(lm), saliency)
+    return soon(QUICK, f"Deletion / insertion for {lm.name}", _faithfulness, lm.key, ctx.image.key,
+                map_id, target, steps, lm.model, ctx.inputs(lm), saliency)
 
 
 # ----------------------------------------------------------------------------------------------

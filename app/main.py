@@ -393,4 +393,5 @@ for message in messages:
     st.warning(message)
 page.run()
 write_to_url(page.url_path)
+S.finish_run()  # results of this run's quick background jobs, drawn in their places
 S.return_free_memory()

@@ -5,9 +5,10 @@ The clock: Streamlit's frontend writes the state of the session's script run on 
 An init script records every change of that attribute with `performance.now()`; an action is timed
 from just before it until the first "running" after it has turned back to "notRunning" and the
 browser has painted two more frames (so plotly's drawing, which runs on the page's main thread,
-is included): the page is *drawn*. Work the app runs in the background (faithfulness curves, slow
-methods, CKA) shows a progress bar whose fragment reruns the page when it is done: the page is
-*complete* when, besides, no progress bar is left.
+is included): the page is *drawn*. Work the app runs in the background shows a progress bar: slow
+methods and CKA rerun the page when they are done (their bar is a fragment), the faithfulness
+curves are waited for at the end of the same run (so for them *drawn* includes that wait). The page
+is *complete* when, besides, no progress bar is left.
 
 Needs /usr/bin/chromium (Debian) and the `playwright` package; never `playwright install`.
 """

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import zlib
 from inspect import signature
 
@@ -14,6 +15,7 @@ from app import _state as S
 from app import components as C
 
 ctx = S.context()
+STEPS = (4, 20)  # the steps slider's range
 st.header("Explanations: which pixels made the decision?")
 C.explain_text(
     "An explanation map colours the parts of the image that a method says mattered for a class. Methods "
@@ -52,7 +54,7 @@ with c:
     st.session_state.setdefault("exp_faith", True)
     score = st.toggle("Faithfulness scores", key="exp_faith")
     st.session_state.setdefault("exp_steps", 10 if ctx.device.startswith("cuda") else 5)
-    steps = st.slider("Deletion/insertion steps", 4, 20, key="exp_steps", disabled=not score,
+    steps = st.slider("Deletion/insertion steps", *STEPS, key="exp_steps", disabled=not score,
                       help="Each step is one forward pass per curve; more steps = smoother curves, slower.")
 
 # Rollout's discard rule, by name (analysis.rollout.DISCARD_RULES): vit-explain's rule ranks the whole
@@ -139,14 +141,32 @@ def completeness_note(lm: S.LoadedModel, gap: dict[str, float]) -> None:
         st.caption(text + f" Within {COMPLETENESS_TOLERANCE:.0%}: the map accounts for the class score's change.")
 
 
+def show_scores(auc: tuple[float, float]) -> None:
+    m1, m2 = st.columns(2)
+    m1.metric("Deletion AUC (lower is better)", f"{auc[0]:.3f}")
+    m2.metric("Insertion AUC (higher is better)", f"{auc[1]:.3f}")
+
+
+def show_verdict(title: str, roles: list[str], *aucs: tuple[float, float]) -> None:
+    """Which model's map scores better on this image, with both pairs of numbers."""
+    (r1, r2), ((d1, i1), (d2, i2)) = roles, aucs
+    best_del = r1 if d1 < d2 else r2
+    best_ins = r1 if i1 > i2 else r2
+    verdict = (f"**{best_del}** scores better on both" if best_del == best_ins else
+               f"the two scores disagree: **{best_del}** on deletion, **{best_ins}** on insertion")
+    st.caption(f"On this image, with {title}: {verdict} (deletion {r1} {d1:.3f} vs {r2} {d2:.3f}; insertion "
+               f"{r1} {i1:.3f} vs {r2} {i2:.3f}). Each model explains its own class, so the scores compare "
+               "how well each map explains its own model.")
+
+
 journeys = {}
-scores: dict[str, dict[str, tuple[float, float]]] = {}
 for method in methods:
     title = S.METHOD_NAMES[method]
     if method in discard:
         title += f" — discard {discard[method][1]:.0%}, rule: {RULES[discard[method][0]]}"
     st.subheader(title)
     cols = st.columns(2)
+    scores: dict[str, S.Pending] = {}
     for col, lm in zip(cols, ctx.models, strict=True):
         with col:
             with st.spinner(f"{S.METHOD_NAMES[method]} for {lm.name} …"):
@@ -154,6 +174,8 @@ for method in methods:
                 if heat is None:  # a slow method still running: its progress bar is drawn instead
                     continue
                 pix, stages = S.pixels_of(ctx, lm, map_id, heat, carry)
+            if score:  # queued before the figure is drawn, so the curves run while the page is sent
+                scores[lm.role] = S.faithfulness_scores(ctx, lm, f"{map_id}|{carry}", pix, targets[lm.role], steps)
             if stages is not None:
                 journeys[method] = stages
             img = ctx.display_image(lm)
@@ -164,24 +186,10 @@ for method in methods:
             if gap is not None:
                 completeness_note(lm, gap)
             C.domain_notice(lm, ctx.image, short=True)
-            if score:
-                auc = S.faithfulness_scores(ctx, lm, f"{map_id}|{carry}", pix, targets[lm.role], steps)
-                if auc is None:  # computed in the background: a progress bar is drawn until it is ready
-                    continue
-                deletion, insertion = auc
-                scores.setdefault(method, {})[lm.role] = (deletion, insertion)
-                m1, m2 = st.columns(2)
-                m1.metric("Deletion AUC (lower is better)", f"{deletion:.3f}")
-                m2.metric("Insertion AUC (higher is better)", f"{insertion:.3f}")
-    if method in scores and len(scores[method]) == 2:
-        (r1, (d1, i1)), (r2, (d2, i2)) = scores[method].items()
-        best_del = r1 if d1 < d2 else r2
-        best_ins = r1 if i1 > i2 else r2
-        verdict = (f"**{best_del}** scores better on both" if best_del == best_ins else
-                   f"the two scores disagree: **{best_del}** on deletion, **{best_ins}** on insertion")
-        st.caption(f"On this image, with {title}: {verdict} (deletion {r1} {d1:.3f} vs {r2} {d2:.3f}; insertion "
-                   f"{r1} {i1:.3f} vs {r2} {i2:.3f}). Each model explains its own class, so the scores compare "
-                   "how well each map explains its own model.")
+            if lm.role in scores:  # the scores now, or at the end of this run (a progress bar until then)
+                S.draw_when_ready([scores[lm.role]], show_scores)
+    if len(scores) == 2:
+        S.draw_when_ready(list(scores.values()), functools.partial(show_verdict, title, list(scores)))
 
 if ctx.t2t.family == "t2t" and carry != "stretch" and methods:
     conc = {name: S.t2t_concentration(ctx, ctx.t2t, f"t2t.{name}_map") for name in ("attn1", "attn2")}

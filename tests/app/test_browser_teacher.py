@@ -346,3 +346,36 @@ def test_chosen_class_does_not_follow_a_new_image_and_weights_box_says_random(br
     assert weights == "Random (untrained)", weights
     no_exception(page)
     page.close()
+
+
+def test_explanations_scores_follow_the_steps_slider(browser, server: str) -> None:  # noqa: F811
+    """A new number of deletion steps: the maps stay, progress bars hold the scores' places, and a
+    second move made while those scores are computed is taken; the scores shown at the end are
+    those of the last move, equal to AppTest's for the same view (where every value is waited for)."""
+    from streamlit.testing.v1 import AppTest
+
+    from tests.app.test_pages import MAIN, TIMEOUT
+
+    page = browser.new_page(viewport={"width": 1280, "height": 720})
+    visit(page, server, "explanations", "methods=rollout,chefer&steps=5")
+    thumb = page.locator(".st-key-exp_steps input[type='range']").first
+    thumb.focus()
+    thumb.press("ArrowRight")  # 6 steps: curves not computed yet for this image
+    page.wait_for_selector('[data-testid="stProgress"]', timeout=RUN_TIMEOUT_MS)
+    assert page.locator('[data-testid="stPlotlyChart"]').count() >= 4  # the maps are on screen meanwhile
+    thumb.press("ArrowRight")  # 7 steps, while the scores for 6 are computed
+    steady(page)
+    no_exception(page)
+    assert query(page)["steps"] == "7"
+    main = page.locator('[data-testid="stMain"]')
+    shown = [m.inner_text() for m in main.locator('[data-testid="stMetricValue"]').all()]
+    verdicts = [c for c in view_text(page) if c.startswith("On this image, with")]
+
+    at = AppTest.from_file(MAIN, default_timeout=TIMEOUT).run()
+    at.switch_page("views/3_explanations.py").run()
+    at.slider(key="exp_steps").set_value(7).run()
+    assert not at.exception
+    assert shown == [m.value for m in at.metric] and len(shown) == 8  # 2 methods x 2 models x 2 scores
+    assert verdicts == [c.value.replace("**", "") for c in at.caption if c.value.startswith("On this image, with")]
+    assert len(verdicts) == 2
+    page.close()

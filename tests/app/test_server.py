@@ -303,6 +303,45 @@ def test_several_sessions_visit_every_page_for_the_first_time_at_once(browser) -
             p.context.close()
 
 
+def _quick_result_page(token: str) -> None:
+    """A page with one quick background result between two texts (run by AppTest)."""
+    import time
+
+    import streamlit as st
+
+    from app import _state as S
+
+    @S.memo
+    def square(token: str, n: int) -> int:
+        time.sleep(0.3)  # still running when the page asks to draw it
+        return n * n
+
+    st.write("before")
+    pending = S.soon(S.QUICK, "square", square, token, 7)
+    st.write(f"known at once: {pending.ready}")
+    S.draw_when_ready([pending], lambda value: st.write(f"value {value}"))
+    st.write("after")
+    S.finish_run()
+
+
+def test_quick_results_are_drawn_in_their_place_in_the_same_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As in a browser session (`browser_polls`): a result not ready when the page asks for it is drawn
+    where it was asked for, at the end of the same run; no closure of that run is left in the session;
+    the next run finds it cached and draws it at once."""
+    from streamlit.testing.v1 import AppTest
+
+    from app import _state as S
+
+    monkeypatch.setattr(S, "browser_polls", lambda: True)
+    at = AppTest.from_function(_quick_result_page, args=(f"quick-{time.time()}",), default_timeout=60).run()
+    assert not at.exception
+    assert [m.value for m in at.markdown] == ["before", "known at once: False", "value 49", "after"]
+    assert not at.get("progress")  # the bar held the place only while the job ran
+    assert at.session_state[S._LATER_KEY] == []
+    at.run()
+    assert [m.value for m in at.markdown] == ["before", "known at once: True", "value 49", "after"]
+
+
 def test_faithfulness_scores_the_curve_ends_once_and_equals_the_reference() -> None:
     """The app scores the image and the blurred baseline once per model, image and class (the curves'
     ends, the same for every map); its AUCs equal analysis.faithfulness.deletion_insertion's."""

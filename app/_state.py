@@ -221,7 +221,7 @@ def soon(queue: FairQueue, label: str, fn: Callable[..., T], *args: Any) -> Pend
     """`fn(*args)` (a @memo function, so cached in `CACHE`) as a `Pending`: the cached value, or a job of
     `queue` that `draw_when_ready` draws at the end of this run. For results that take a second or two
     (faithfulness curves): the run waits for them after the whole page is drawn, and puts them in place
-    without a second run of the page (a rerun of Explanations costs about 0.35 s on a 2-core CPU).
+    without a second run of the page (which cost Explanations about 0.4 s more on a 2-core CPU).
     Without a browser (AppTest) this waits for the value here."""
     key = fn.key_of(*args)  # type: ignore[attr-defined]
     found, value = CACHE.peek(key)
@@ -274,7 +274,10 @@ def finish_run(tick_s: float = 0.2) -> None:
         for item in later:
             jobs = [p for p in item.needs if not p.ready]
             if all(p.job.done for p in jobs):
-                values = [p.value if p.ready else guarded(p.job.future.result) for p in item.needs]
+                try:
+                    values = [p.value if p.ready else guarded(p.job.future.result) for p in item.needs]
+                except Abandoned:  # dropped before it ran (no one had asked for it for a minute):
+                    st.rerun()  # the next run asks for it anew
                 with item.slot.container():
                     item.draw(*values)
                 continue
@@ -291,8 +294,10 @@ def new_run() -> None:
     One progress bar per queue and run, and one rerun when all of its jobs are done: every poll is a
     small script run holding the GIL, and every rerun of a busy page costs a second or more, so a bar
     per job (four faithfulness jobs: eight polls a second, four reruns) slowed the jobs themselves
-    several times over on a 2-core machine."""
+    several times over on a 2-core machine. Results an interrupted run left to draw are forgotten:
+    their places belong to that run."""
     st.session_state[_JOBS_KEY] = {}
+    st.session_state[_LATER_KEY] = []
 
 
 def _progress_text(queue: FairQueue, group: list[Job]) -> tuple[float, str]:

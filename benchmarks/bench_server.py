@@ -66,8 +66,9 @@ def distinct_png(rng: random.Random, serial: int) -> bytes:
 STUCK = """(t0) => JSON.stringify({url: location.pathname, now: Math.round(performance.now() - t0),
   runs: (window.__runs || []).slice(-6).map(r => [Math.round(r[0] - t0), r[1]]),
   skeletons: document.querySelectorAll('[data-testid="stSkeleton"]').length,
-  state: document.querySelector('[data-testid="stApp"]')?.getAttribute('data-test-script-state'),
-  status: document.querySelector('[data-testid="stStatusWidget"]')?.innerText || null})"""
+  state: document.querySelector('[data-testid="stApp"]')?.getAttribute('data-test-script-state') ?? null,
+  status: document.querySelector('[data-testid="stStatusWidget"]')?.innerText || null,
+  shown: (document.body?.innerText || '').slice(0, 300)})"""
 
 
 class Stats:
@@ -107,9 +108,36 @@ async def timed(page, action, timeout_s: float) -> float | None:
     return (t1 - t0) / 1000
 
 
+async def one_step(page, rng: random.Random, index: int, step: int, current: str, stats: Stats,
+                   timeout_s: float) -> str:
+    """Upload a new image, then open another page; returns the page now shown."""
+    sidebar = page.locator('[data-testid="stSidebar"]')
+    serial = 1000 * index + step
+    data = distinct_png(rng, serial)
+    upload = sidebar.locator('input[type="file"]').first
+    files = [{"name": f"s{index}_{serial}.png", "mimeType": "image/png", "buffer": data}]
+    seconds = await timed(page, lambda upload=upload, files=files: upload.set_input_files(files=files), timeout_s)
+    stats.record("upload", seconds, index)
+    stats.uploaded()
+    name = PAGES[(step + index) % len(PAGES)]
+    if name == current:  # never the page already shown: its link starts no run
+        name = PAGES[(step + index + 1) % len(PAGES)]
+    nav = page.locator('[data-testid="stSidebarNav"] a')
+    link = nav.first if name == PAGES[0] else page.locator(f'[data-testid="stSidebarNav"] a[href$="/{name}"]')
+    stats.record(name, await timed(page, link.click, timeout_s), index)
+    current = name
+    boxes = page.locator('[data-testid="stException"]')
+    if await boxes.count():
+        stats.errors.append(f"session {index}, {name}: {(await boxes.first.inner_text())[:300]}")
+    return current
+
+
 async def session(browser, url: str, index: int, stats: Stats, until: float, timeout_s: float) -> None:
     context = await browser.new_context(viewport={"width": 1600, "height": 1000})
     page = await context.new_page()
+    # what breaks in the browser is reported with the server's errors
+    page.on("pageerror", lambda err: stats.errors.append(f"session {index}: page error: {str(err)[:300]}"))
+    page.on("crash", lambda _: stats.errors.append(f"session {index}: the browser tab crashed"))
     await page.add_init_script(RECORDER)
     await page.goto(url)
     await page.wait_for_function(QUIET, timeout=600_000)
@@ -119,23 +147,12 @@ async def session(browser, url: str, index: int, stats: Stats, until: float, tim
     step = 0
     current = PAGES[0]
     while time.perf_counter() < until:
-        serial = 1000 * index + step
-        data = distinct_png(rng, serial)
-        upload = sidebar.locator('input[type="file"]').first
-        files = [{"name": f"s{index}_{serial}.png", "mimeType": "image/png", "buffer": data}]
-        seconds = await timed(page, lambda upload=upload, files=files: upload.set_input_files(files=files), timeout_s)
-        stats.record("upload", seconds, index)
-        stats.uploaded()
-        name = PAGES[(step + index) % len(PAGES)]
-        if name == current:  # never the page already shown: its link starts no run
-            name = PAGES[(step + index + 1) % len(PAGES)]
-        nav = page.locator('[data-testid="stSidebarNav"] a')
-        link = nav.first if name == PAGES[0] else page.locator(f'[data-testid="stSidebarNav"] a[href$="/{name}"]')
-        stats.record(name, await timed(page, link.click, timeout_s), index)
-        current = name
-        boxes = page.locator('[data-testid="stException"]')
-        if await boxes.count():
-            stats.errors.append(f"session {index}, {name}: {(await boxes.first.inner_text())[:300]}")
+        try:
+            current = await one_step(page, rng, index, step, current, stats, timeout_s)
+        except Exception as err:  # e.g. a link that never appeared: reported, and this session ends
+            stats.errors.append(f"session {index}, step {step}: {type(err).__name__}: {str(err)[:200]}; "
+                                f"page: {await page.evaluate(STUCK, 0)}")
+            break
         step += 1
     await context.close()
 

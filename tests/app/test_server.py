@@ -342,6 +342,41 @@ def test_quick_results_are_drawn_in_their_place_in_the_same_run(monkeypatch: pyt
     assert [m.value for m in at.markdown] == ["before", "known at once: True", "value 49", "after"]
 
 
+def _interrupted_page(token: str) -> None:
+    """First run: asks for a result, then ends before drawing it (as a run a click stops)."""
+    import time
+
+    import streamlit as st
+
+    from app import _state as S
+
+    @S.memo
+    def square(token: str, n: int) -> int:
+        time.sleep(0.3)
+        return n * n
+
+    S.new_run()
+    if not st.session_state.get("again"):
+        st.session_state["again"] = True
+        S.draw_when_ready([S.soon(S.QUICK, "square", square, token, 3)], lambda value: st.write(f"old {value}"))
+        st.stop()
+    st.write("second run")
+    S.finish_run()
+
+
+def test_a_stopped_run_leaves_nothing_to_draw_in_the_next(monkeypatch: pytest.MonkeyPatch) -> None:
+    from streamlit.testing.v1 import AppTest
+
+    from app import _state as S
+
+    monkeypatch.setattr(S, "browser_polls", lambda: True)
+    at = AppTest.from_function(_interrupted_page, args=(f"stopped-{time.time()}",), default_timeout=60).run()
+    assert at.get("progress")  # the first run ended with its result still computing
+    at.run()
+    assert not at.exception
+    assert [m.value for m in at.markdown] == ["second run"]
+
+
 def test_faithfulness_scores_the_curve_ends_once_and_equals_the_reference() -> None:
     """The app scores the image and the blurred baseline once per model, image and class (the curves'
     ends, the same for every map); its AUCs equal analysis.faithfulness.deletion_insertion's."""

@@ -184,6 +184,27 @@ def _peaked_attentions(blocks=4, batch=3, heads=3, tokens=17, seed=0):
     return list(((shared + 0.3 * own) * sharpness).softmax(-1))
 
 
+@pytest.mark.parametrize("ratio", [0.01, 0.1, 0.5, 0.9, 0.95])
+@pytest.mark.parametrize("rule", ["vit-explain", "row"])
+def test_discard_drops_the_entries_a_sorted_topk_drops_even_among_ties(rule, ratio):
+    """discard_lowest selects with an unsorted topk: the same entries as the sorted topk vit-explain
+    calls, also when many weights are equal (ties at the cut)."""
+    g = torch.Generator().manual_seed(0)
+    fused = torch.randint(0, 4, (2, 197, 197), generator=g).double() / 4  # four values: ties everywhere
+    ours = discard_lowest(fused, ratio, rule)
+    k = num_discarded(197, ratio, rule)
+    if rule == "vit-explain":
+        flat = fused.flatten(-2).clone()
+        for i in range(len(flat)):
+            indices = flat[i].topk(k, -1, False).indices
+            flat[i, indices[indices != 0]] = 0
+        want = flat.view_as(fused)
+    else:
+        patches = fused[..., 1:].scatter(-1, fused[..., 1:].topk(k, dim=-1, largest=False).indices, 0.0)
+        want = torch.cat([fused[..., :1], patches], dim=-1)
+    assert torch.equal(ours, want)
+
+
 def test_the_default_rule_is_vit_explains():
     assert DEFAULT_DISCARD == "vit-explain" and DISCARD_RULES == ("row", "vit-explain")
 

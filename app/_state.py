@@ -312,13 +312,16 @@ def _progress_text(queue: FairQueue, group: list[Job]) -> tuple[float, str]:
         last = queue.durations.get(j.label)
         partial += min(0.95, j.elapsed() / last) if last else 0.05
     fraction = min(1.0, (done + partial) / len(group))
-    text = f"{what}: {done} of {len(group)} done"
+    parts = [f"{done} of {len(group)} done"] if len(group) > 1 else []  # one job: its own label says it all
+    if len(group) == 1:
+        what = group[0].label
     if running:
-        text += f", running for {max(j.elapsed() for j in running):.0f} s"
+        seconds = max(j.elapsed() for j in running)
+        parts.append(f"running for {seconds:.1f} s" if seconds < 10 else f"running for {seconds:.0f} s")
     if waiting and not running:
         ahead = min(queue.ahead(j) for j in waiting)
-        text += f", waiting for a free worker ({ahead} job{'s' * (ahead != 1)} of others ahead)"
-    return fraction, text
+        parts.append(f"waiting for a free worker ({ahead} job{'s' * (ahead != 1)} of others ahead)")
+    return fraction, f"{what}: {', '.join(parts) or 'done'}"
 
 
 def _progress(queue: FairQueue, group: list[Job]) -> None:

@@ -303,6 +303,26 @@ def test_several_sessions_visit_every_page_for_the_first_time_at_once(browser) -
             p.context.close()
 
 
+def test_progress_text_says_what_each_job_is_doing() -> None:
+    from app._state import _progress_text
+
+    queue = FairQueue(1, "test")
+    gate = threading.Event()
+    first = queue.submit("first", "A", "Curves for model A", lambda: gate.wait(10))
+    second = queue.submit("second", "B", "Curves for model B", lambda: None)
+    while first.started is None:
+        time.sleep(0.01)
+    assert _progress_text(queue, [first])[1].startswith("Curves for model A: running for ")
+    waiting = "Curves for model B: waiting for a free worker (0 jobs of others ahead)"
+    assert _progress_text(queue, [second])[1] == waiting
+    fraction, text = _progress_text(queue, [first, second])
+    assert text.startswith("Curves: 0 of 2 done, running for ") and 0 < fraction < 0.5
+    gate.set()
+    second.future.result(10)
+    assert _progress_text(queue, [first, second]) == (1.0, "Curves: 2 of 2 done")
+    assert _progress_text(queue, [first]) == (1.0, "Curves for model A: done")
+
+
 def _quick_result_page(token: str) -> None:
     """A page with one quick background result between two texts (run by AppTest)."""
     import time

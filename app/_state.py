@@ -242,18 +242,23 @@ class _Later:
     needs: list[Pending]
     slot: Any  # the st.empty() that holds a progress bar until the drawing replaces it
     draw: Callable[..., None] = field(repr=False)
+    progress: bool = True
 
 
-def draw_when_ready(needs: Sequence[Pending], draw: Callable[..., None]) -> None:
+def draw_when_ready(needs: Sequence[Pending], draw: Callable[..., None], progress: bool = True) -> None:
     """`draw(*values)` here, now if every value of `needs` is known, else at the end of this run
-    (`finish_run`): a progress bar holds the place meanwhile."""
+    (`finish_run`): a progress bar (or, with `progress=False`, nothing) holds the place meanwhile.
+
+    `draw` draws one element: it replaces the bar in its placeholder (`st.empty`), the one kind of
+    in-place change Streamlit's placeholders are made for (an element, never a block of them)."""
     if all(p.ready for p in needs):
         draw(*(p.value for p in needs))
         return
     slot = st.empty()
-    jobs = [p for p in needs if not p.ready]
-    slot.progress(*_progress_text(jobs[0].queue, [p.job for p in jobs]))
-    st.session_state.setdefault(_LATER_KEY, []).append(_Later(list(needs), slot, draw))
+    if progress:
+        jobs = [p for p in needs if not p.ready]
+        slot.progress(*_progress_text(jobs[0].queue, [p.job for p in jobs]))
+    st.session_state.setdefault(_LATER_KEY, []).append(_Later(list(needs), slot, draw, progress))
 
 
 def finish_run(tick_s: float = 0.2) -> None:
@@ -278,12 +283,15 @@ def finish_run(tick_s: float = 0.2) -> None:
                     values = [p.value if p.ready else guarded(p.job.future.result) for p in item.needs]
                 except Abandoned:  # dropped before it ran (no one had asked for it for a minute):
                     st.rerun()  # the next run asks for it anew
-                with item.slot.container():
+                with item.slot:
                     item.draw(*values)
                 continue
             for p in jobs:
                 p.job.wanted = now  # this session still waits for it: keep it queued
-            item.slot.progress(*_progress_text(jobs[0].queue, [p.job for p in jobs]))
+            if item.progress:
+                item.slot.progress(*_progress_text(jobs[0].queue, [p.job for p in jobs]))
+            else:
+                item.slot.empty()  # still a Streamlit call: where a click stops this wait
             left.append(item)
         later = left
 

@@ -141,10 +141,14 @@ def completeness_note(lm: S.LoadedModel, gap: dict[str, float]) -> None:
         st.caption(text + f" Within {COMPLETENESS_TOLERANCE:.0%}: the map accounts for the class score's change.")
 
 
-def show_scores(auc: tuple[float, float]) -> None:
+def show_scores(auc: S.Pending) -> None:
+    """The two AUCs side by side, now or at the end of this run (a progress bar until then)."""
     m1, m2 = st.columns(2)
-    m1.metric("Deletion AUC (lower is better)", f"{auc[0]:.3f}")
-    m2.metric("Insertion AUC (higher is better)", f"{auc[1]:.3f}")
+    with m1:
+        S.draw_when_ready([auc], lambda a: st.metric("Deletion AUC (lower is better)", f"{a[0]:.3f}"))
+    with m2:
+        S.draw_when_ready([auc], lambda a: st.metric("Insertion AUC (higher is better)", f"{a[1]:.3f}"),
+                          progress=False)
 
 
 def show_verdict(title: str, roles: list[str], *aucs: tuple[float, float]) -> None:
@@ -186,10 +190,10 @@ for method in methods:
             if gap is not None:
                 completeness_note(lm, gap)
             C.domain_notice(lm, ctx.image, short=True)
-            if lm.role in scores:  # the scores now, or at the end of this run (a progress bar until then)
-                S.draw_when_ready([scores[lm.role]], show_scores)
+            if lm.role in scores:
+                show_scores(scores[lm.role])
     if len(scores) == 2:
-        S.draw_when_ready(list(scores.values()), functools.partial(show_verdict, title, list(scores)))
+        S.draw_when_ready(list(scores.values()), functools.partial(show_verdict, title, list(scores)), progress=False)
 
 if ctx.t2t.family == "t2t" and carry != "stretch" and methods:
     conc = {name: S.t2t_concentration(ctx, ctx.t2t, f"t2t.{name}_map") for name in ("attn1", "attn2")}

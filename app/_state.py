@@ -290,9 +290,9 @@ def finish_run(tick_s: float = 0.2) -> None:
                 p.job.wanted = now  # this session still waits for it: keep it queued
             if item.progress:
                 item.slot.progress(*_progress_text(jobs[0].queue, [p.job for p in jobs]))
-            else:
-                item.slot.empty()  # still a Streamlit call: where a click stops this wait
             left.append(item)
+        if left and not any(item.progress for item in left):
+            left[0].slot.empty()  # one Streamlit call a tick all the same: where a click stops this wait
         later = left
 
 

@@ -171,39 +171,6 @@ def _session_id() -> str:
     return ctx.session_id if ctx is not None else "no-session"
 
 
-def background(queue: FairQueue, label: str, fn: Callable[..., T], *args: Any) -> T | None:
-    """`fn(*args)` (a @memo function, so cached in `CACHE`), computed by `queue`'s workers.
-
-    In a browser session: the value when it is cached; otherwise the job is queued (or found
-    queued), a progress bar (the first of this run in this queue: its place in the queue or its
-    running time, for all of them) or a caption is drawn here, and None is returned: the page goes on,
-    and the bar's fragment reruns the page when all those values are ready.
-    Without a browser (AppTest) this waits for the value.
-    """
-    key = fn.key_of(*args)  # type: ignore[attr-defined]
-    found, value = CACHE.peek(key)
-    if found:
-        return value
-    while True:
-        job = queue.submit(key, _session_id(), label, lambda: fn(*args))
-        if not browser_polls() or job.done:
-            try:
-                return job.future.result()
-            except Abandoned:  # dropped just before this session asked again: queue it anew
-                continue
-        group = st.session_state.setdefault(_JOBS_KEY, {}).setdefault(queue.name, [])
-        group.append(job)
-        if len(group) == 1:  # one live bar per queue and run, where its first job's result goes
-            _progress(queue, group)
-        else:
-            st.caption(f"{label}: computing in the background (progress above) …")
-        return None
-
-
-_JOBS_KEY = "_t2t_lens_jobs"
-_LATER_KEY = "_t2t_lens_later"
-
-
 @dataclass(eq=False)
 class Pending:
     """A value that is known now (`job` None) or that `job` computes in `queue`."""
@@ -219,10 +186,11 @@ class Pending:
 
 def soon(queue: FairQueue, label: str, fn: Callable[..., T], *args: Any) -> Pending:
     """`fn(*args)` (a @memo function, so cached in `CACHE`) as a `Pending`: the cached value, or a job of
-    `queue` that `draw_when_ready` draws at the end of this run. For results that take a second or two
-    (faithfulness curves): the run waits for them after the whole page is drawn, and puts them in place
-    without a second run of the page (which cost Explanations about 0.4 s more on a 2-core CPU).
-    Without a browser (AppTest) this waits for the value here."""
+    `queue`. Without a browser (AppTest) this waits for the value here.
+
+    A job's result is drawn by `draw_when_ready` at the end of this run, for results that take a second
+    or two (faithfulness curves: no second run of the page, which cost Explanations about 0.4 s more
+    on a 2-core CPU), or by a rerun of the page when it is ready (`background`, for heavy work)."""
     key = fn.key_of(*args)  # type: ignore[attr-defined]
     found, value = CACHE.peek(key)
     if found:
@@ -235,6 +203,31 @@ def soon(queue: FairQueue, label: str, fn: Callable[..., T], *args: Any) -> Pend
             return Pending(guarded(job.future.result))
         except Abandoned:  # dropped just before this session asked again: queue it anew
             continue
+
+
+def background(queue: FairQueue, label: str, fn: Callable[..., T], *args: Any) -> T | None:
+    """`fn(*args)` (a @memo function, so cached in `CACHE`), computed by `queue`'s workers.
+
+    In a browser session: the value when it is cached; otherwise the job is queued (or found
+    queued), a progress bar (the first of this run in this queue: its place in the queue or its
+    running time, for all of them) or a caption is drawn here, and None is returned: the page goes on,
+    and the bar's fragment reruns the page when all those values are ready.
+    Without a browser (AppTest) this waits for the value.
+    """
+    pending = soon(queue, label, fn, *args)
+    if pending.ready:
+        return pending.value
+    group = st.session_state.setdefault(_JOBS_KEY, {}).setdefault(queue.name, [])
+    group.append(pending.job)
+    if len(group) == 1:  # one live bar per queue and run, where its first job's result goes
+        _progress(queue, group)
+    else:
+        st.caption(f"{label}: computing in the background (progress above) …")
+    return None
+
+
+_JOBS_KEY = "_t2t_lens_jobs"
+_LATER_KEY = "_t2t_lens_later"
 
 
 @dataclass(eq=False)

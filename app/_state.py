@@ -237,6 +237,12 @@ class _Later:
     draw: Callable[..., None] = field(repr=False)
     progress: bool = True
 
+    def show_progress(self) -> None:
+        """The bar of the jobs still running, in the drawing's place (nothing when `progress` is off)."""
+        if self.progress:
+            running = [p for p in self.needs if not p.ready]
+            self.slot.progress(*_progress_text(running[0].queue, [p.job for p in running]))
+
 
 def draw_when_ready(needs: Sequence[Pending], draw: Callable[..., None], progress: bool = True) -> None:
     """`draw(*values)` here, now if every value of `needs` is known, else at the end of this run
@@ -247,11 +253,9 @@ def draw_when_ready(needs: Sequence[Pending], draw: Callable[..., None], progres
     if all(p.ready for p in needs):
         draw(*(p.value for p in needs))
         return
-    slot = st.empty()
-    if progress:
-        jobs = [p for p in needs if not p.ready]
-        slot.progress(*_progress_text(jobs[0].queue, [p.job for p in jobs]))
-    st.session_state.setdefault(_LATER_KEY, []).append(_Later(list(needs), slot, draw, progress))
+    later = _Later(list(needs), st.empty(), draw, progress)
+    later.show_progress()
+    st.session_state.setdefault(_LATER_KEY, []).append(later)
 
 
 def finish_run(tick_s: float = 0.2) -> None:
@@ -281,8 +285,7 @@ def finish_run(tick_s: float = 0.2) -> None:
                 continue
             for p in jobs:
                 p.job.wanted = now  # this session still waits for it: keep it queued
-            if item.progress:
-                item.slot.progress(*_progress_text(jobs[0].queue, [p.job for p in jobs]))
+            item.show_progress()
             left.append(item)
         if left and not any(item.progress for item in left):
             left[0].slot.empty()  # one Streamlit call a tick all the same: where a click stops this wait

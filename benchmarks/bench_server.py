@@ -150,8 +150,11 @@ async def session(browser, url: str, index: int, stats: Stats, until: float, tim
         try:
             current = await one_step(page, rng, index, step, current, stats, timeout_s)
         except Exception as err:  # e.g. a link that never appeared: reported, and this session ends
-            stats.errors.append(f"session {index}, step {step}: {type(err).__name__}: {str(err)[:200]}; "
-                                f"page: {await page.evaluate(STUCK, 0)}")
+            try:
+                shown = await page.evaluate(STUCK, 0)
+            except Exception:  # a crashed tab cannot be read
+                shown = "unreadable"
+            stats.errors.append(f"session {index}, step {step}: {type(err).__name__}: {str(err)[:200]}; page: {shown}")
             break
         step += 1
     await context.close()

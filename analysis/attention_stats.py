@@ -39,6 +39,13 @@ def _token_distances(grid: tuple[int, int], token_stride: float | tuple[float, f
         return torch.cdist(centres, centres)
 
 
+def mean_token_distance(grid: tuple[int, int], token_stride: float | tuple[float, float] = 1.0) -> float:
+    """Mean pixel distance between token centres over all (query, key) pairs, self-pairs included:
+    what `mean_attention_distance` gives for a head that spreads its attention evenly over the patches."""
+    stride = token_stride if isinstance(token_stride, int | float) else tuple(token_stride)  # hashable
+    return float(_token_distances(tuple(grid), stride).double().mean())
+
+
 def patch_attention(attention: Tensor, num_prefix_tokens: int = 1) -> Tensor:
     """(..., T, T) -> (..., N, N): patch-to-patch attention, each row re-normalised to sum to 1.
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -68,3 +69,26 @@ def denormalize(images: Tensor, mean: tuple[float, ...], std: tuple[float, ...])
     m = torch.as_tensor(mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
     s = torch.as_tensor(std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
     return (images * s + m).clamp(0, 1)
+
+
+def display_scale(heat: Tensor, upper: float = 0.995) -> Tensor:
+    """A map (any shape) scaled to [0, 1] for showing: min to the `upper` quantile, so a few hot
+    pixels do not wash out the rest (rankings, hence faithfulness scores, use the unclipped map)."""
+    lo = heat.min()
+    hi = torch.quantile(heat.flatten().float(), upper) if heat.numel() <= 16_000_000 else heat.max()
+    return ((heat - lo) / (hi - lo).clamp_min(1e-12)).clamp(0, 1)
+
+
+def keep_mass(maps: np.ndarray, mass: float = 0.6) -> np.ndarray:
+    """Zero all but the largest weights that together hold `mass` of each map's total, (..., h, w).
+
+    The weight that crosses the threshold is kept, so the kept weights hold at least `mass`.
+    """
+    flat = maps.reshape(-1, maps.shape[-2] * maps.shape[-1])
+    total = np.maximum(flat.sum(axis=1, keepdims=True), 1e-12)
+    order = np.argsort(-flat, axis=1, kind="stable")
+    ranked = np.take_along_axis(flat, order, axis=1)
+    before = np.cumsum(ranked, axis=1) - ranked  # mass of the larger weights
+    keep = np.zeros(flat.shape, dtype=bool)
+    np.put_along_axis(keep, order, before / total < mass, axis=1)
+    return (flat * keep).reshape(maps.shape)

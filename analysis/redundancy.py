@@ -32,6 +32,23 @@ def feature_maps(tokens: Tensor, grid: tuple[int, int], num_prefix_tokens: int =
     return rearrange(tokens[:, num_prefix_tokens:], "b (h w) d -> b d h w", h=grid[0], w=grid[1])
 
 
+def neighbour_correlation(tokens: Tensor, grid: tuple[int, int]) -> Tensor:
+    """(B, N, D) patch tokens -> (B,): mean over channels and over right and lower neighbour pairs of
+    the Pearson correlation between a channel at a token and at its neighbour (how smoothly each
+    channel changes across the grid). Channels constant over a direction's pairs are left out.
+    """
+    x = rearrange(tokens.double(), "b (h w) d -> b h w d", h=grid[0], w=grid[1])
+    values = []
+    for a, b in ((x[:, :, :-1], x[:, :, 1:]), (x[:, :-1], x[:, 1:])):  # right, then lower neighbours
+        a = a.flatten(1, 2) - a.flatten(1, 2).mean(1, keepdim=True)  # (B, pairs, D)
+        b = b.flatten(1, 2) - b.flatten(1, 2).mean(1, keepdim=True)
+        denom = ((a ** 2).sum(1) * (b ** 2).sum(1)).sqrt()  # (B, D)
+        values.append(((a * b).sum(1) / denom, denom > 1e-12))
+    corr = torch.cat([v for v, _ in values], dim=1)
+    ok = torch.cat([k for _, k in values], dim=1)
+    return (corr.where(ok, 0).sum(1) / ok.sum(1)).float()  # NaN when every channel is constant
+
+
 def _as_tokens(maps: Tensor) -> Tensor:
     """(B, D, h, w) -> (B, N, D); a free view when the maps are a view of token features.
 

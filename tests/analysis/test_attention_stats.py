@@ -90,3 +90,14 @@ def test_distance_is_differentiable_after_a_call_under_inference_mode():
     d.sum().backward()
     assert b.grad is not None and torch.isfinite(b.grad).all() and b.grad.abs().sum() > 0
     torch.testing.assert_close(d.detach(), first)
+
+
+def test_mean_token_distance_is_a_uniform_heads_distance_and_has_a_closed_form_on_a_line():
+    from analysis.attention_stats import mean_token_distance
+
+    n = 7  # on a 1 x n line with stride 16: 16 (n^2 - 1) / (3 n), self-pairs included
+    assert mean_token_distance((1, n), 16) == pytest.approx(16 * (n * n - 1) / (3 * n))
+    grid = (3, 4)
+    uniform = torch.full((grid[0] * grid[1],) * 2, 1 / (grid[0] * grid[1]), dtype=torch.float64)
+    expected = mean_attention_distance(_with_cls(uniform), grid, (8.0, 5.0)).item()
+    assert mean_token_distance(grid, (8.0, 5.0)) == pytest.approx(expected)

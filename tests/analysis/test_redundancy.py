@@ -130,3 +130,27 @@ def test_metric_selection():
         block_metrics(tokens, (3, 4), metrics=("rank",))
     with pytest.raises(ValueError):
         block_metrics(tokens, (4, 4))  # 12 patch tokens do not fill a 4 x 4 grid
+
+
+def test_neighbour_correlation_by_hand():
+    from analysis.redundancy import neighbour_correlation
+
+    h, w = 3, 4
+    r, c = torch.meshgrid(torch.arange(h).float(), torch.arange(w).float(), indexing="ij")
+    # channel 0 is a ramp along rows (every right pair equal, lower pairs shifted by one: corr 1 both ways);
+    # channel 1 a checkerboard (every neighbour the opposite sign: corr -1); channel 2 constant (left out)
+    ramp, checker, flat = r + c, (-1.0) ** (r + c), torch.zeros(h, w)
+    tokens = torch.stack([ramp, checker, flat], dim=-1).reshape(1, h * w, 3)
+    assert neighbour_correlation(tokens, (h, w)).tolist() == pytest.approx([0.0])  # (1 + 1 - 1 - 1) / 4
+    assert neighbour_correlation(tokens[..., :1], (h, w)).tolist() == pytest.approx([1.0])
+    noise = torch.randn(2, h * w, 5, generator=torch.Generator().manual_seed(0))
+    x = noise.reshape(2, h, w, 5)
+    a, b = x[0, :, :-1, 1].flatten(), x[0, :, 1:, 1].flatten()  # one channel, right pairs, by torch.corrcoef
+    right = torch.corrcoef(torch.stack([a, b]))[0, 1]
+    per = []
+    for ch in range(5):
+        for p, q in ((x[0, :, :-1, ch], x[0, :, 1:, ch]), (x[0, :-1, :, ch], x[0, 1:, :, ch])):
+            per.append(torch.corrcoef(torch.stack([p.flatten(), q.flatten()]))[0, 1])
+    assert per[2].item() == pytest.approx(right.item())
+    assert neighbour_correlation(noise, (h, w))[0].item() == pytest.approx(torch.stack(per).mean().item(), abs=1e-6)
+    assert math.isnan(neighbour_correlation(torch.zeros(1, h * w, 2), (h, w))[0].item())

@@ -140,7 +140,7 @@ def main() -> None:
     import torch
     from playwright.sync_api import sync_playwright
 
-    from app._state import cpu_threads
+    from app.device import cpu_threads
 
     print(f"torch {torch.__version__} on {'cuda' if torch.cuda.is_available() else 'cpu'}, {os.cpu_count()} cores, "
           f"the app computes with {cpu_threads()} CPU thread(s) ($T2T_LENS_THREADS to change), "

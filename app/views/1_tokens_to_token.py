@@ -7,11 +7,10 @@ import plotly.graph_objects as go
 import streamlit as st
 
 import t2t
-from app import _state as S
-from app import components as C
+from app import charts, compute, figures, models, widgets
 from t2t.images import denormalize
 
-ctx = S.context()
+ctx = compute.context()
 lm, vm = ctx.t2t, ctx.vit
 tr = ctx.trace(lm)
 vtr = ctx.trace(vm)
@@ -20,10 +19,10 @@ size = tuple(tr.image_size)  # (H, W) of the model input
 g0, g1, g2 = tr.grid("t2t.split0"), tr.grid("t2t.split1"), tr.grid("t2t.split2")
 vgrid = vtr.grid("patch_embed")
 img = ctx.display_image(lm)
-uri = C.cached_png_uri(f"{lm.key}|{ctx.image.key}", img)
+uri = figures.cached_png_uri(f"{lm.key}|{ctx.image.key}", img)
 
 st.header("Tokens-to-Token, step by step")
-C.explain_text(
+widgets.explain_text(
     "ViT cuts the image into **hard, non-overlapping 16×16 patches**: an edge that crosses a patch border is "
     "split between two tokens, and the model must learn local structure from scratch. **T2T-ViT** builds its "
     "tokens gradually: a *soft split* gathers **overlapping** windows of pixels into tokens, a small "
@@ -79,21 +78,21 @@ st.subheader("Choose a token")
 s1, s2 = st.columns(2)
 r0 = s1.slider(f"token row on the {g0[0]}×{g0[1]} grid of soft split 0", 0, g0[0] - 1, key="tok_row")
 c0 = s2.slider(f"token column on the {g0[0]}×{g0[1]} grid of soft split 0", 0, g0[1] - 1, key="tok_col")
-r1, c1 = S.scaled_index(r0, g0[0], g1[0]), S.scaled_index(c0, g0[1], g1[1])
-r2, c2 = S.scaled_index(r0, g0[0], g2[0]), S.scaled_index(c0, g0[1], g2[1])
+r1, c1 = figures.scaled_index(r0, g0[0], g1[0]), figures.scaled_index(c0, g0[1], g1[1])
+r2, c2 = figures.scaled_index(r0, g0[0], g2[0]), figures.scaled_index(c0, g0[1], g2[1])
 st.caption(f"Chosen: token ({r0}, {c0}) of soft split 0 → token ({r1}, {c1}) of soft split 1 → "
            f"token ({r2}, {c2}) of soft split 2 (the backbone). Click a token on a picture to move it.")
 
 
 def clickable(fig, key: str, grid: tuple[int, int]) -> None:
     """Show a figure whose token picker on `grid` sets the chosen token."""
-    C.show(fig, key=key, on_select=C.pick_callback(key, "tok_row", "tok_col", grid, g0))
+    widgets.show(fig, key=key, on_select=widgets.pick_callback(key, "tok_row", "tok_col", grid, g0))
 
 
-def fields(stage: str, grid: tuple[int, int], rc: tuple[int, int]) -> tuple[C.Box, list[C.Box]]:
+def fields(stage: str, grid: tuple[int, int], rc: tuple[int, int]) -> tuple[figures.Box, list[figures.Box]]:
     """Receptive fields (pixels) of the chosen token of a stage and of its neighbours."""
     chosen = t2t.receptive_field(model, stage, rc, size)
-    return chosen, [t2t.receptive_field(model, stage, n, size) for n in C.neighbours(*rc, grid)]
+    return chosen, [t2t.receptive_field(model, stage, n, size) for n in figures.neighbours(*rc, grid)]
 
 
 def overlap_px(stage: str, grid: tuple[int, int]) -> int:
@@ -106,10 +105,10 @@ def overlap_px(stage: str, grid: tuple[int, int]) -> int:
 
 def window_figure(stage: str, grid: tuple[int, int], rc: tuple[int, int], title: str):
     chosen, near = fields(stage, grid, rc)
-    fig = C.image_figure(uri, size, title=title)
-    C.add_boxes(fig, near, C.NEIGHBOUR, width=1.5, dash="dot", name="neighbours")
-    C.add_chosen(fig, chosen, size, 420)
-    return C.add_token_picker(fig, grid, size)
+    fig = figures.image_figure(uri, size, title=title)
+    figures.add_boxes(fig, near, figures.NEIGHBOUR, width=1.5, dash="dot", name="neighbours")
+    figures.add_chosen(fig, chosen, size, 420)
+    return figures.add_token_picker(fig, grid, size)
 
 
 def zoom_figure(stage: str, grid: tuple[int, int], rc: tuple[int, int], title: str):
@@ -121,15 +120,15 @@ def zoom_figure(stage: str, grid: tuple[int, int], rc: tuple[int, int], title: s
     cover = np.zeros((bottom - top, right - left), dtype=np.float32)
     for t, lf, b, rt in boxes:
         cover[t - top:b - top, lf - left:rt - left] += 1
-    crop = C.upscale(np.ascontiguousarray(img[top:bottom, left:right]))
-    fig = C.image_figure(C.png_uri(crop), cover.shape, title=title, pixel=cover.shape[0] / crop.shape[0])
-    C.add_grid_heatmap(fig, cover, cover.shape, colorscale="Greens", opacity=0.35, zmin=0, zmax=4,
+    crop = figures.upscale(np.ascontiguousarray(img[top:bottom, left:right]))
+    fig = figures.image_figure(figures.png_uri(crop), cover.shape, title=title, pixel=cover.shape[0] / crop.shape[0])
+    figures.add_grid_heatmap(fig, cover, cover.shape, colorscale="Greens", opacity=0.35, zmin=0, zmax=4,
                        colorbar_title="windows", hover="this pixel is in %{z} of the 9 windows")
     shift = [(t - top, lf - left, b - top, rt - left) for t, lf, b, rt in boxes]
-    C.add_boxes(fig, shift[1:], C.NEIGHBOUR, width=1.5, dash="dot")
-    C.add_chosen(fig, shift[0], cover.shape, 420)
+    figures.add_boxes(fig, shift[1:], figures.NEIGHBOUR, width=1.5, dash="dot")
+    figures.add_chosen(fig, shift[0], cover.shape, 420)
     # clicking a window's centre makes it the chosen token (its customdata is its (row, col) on `grid`)
-    tokens = [rc, *C.neighbours(*rc, grid)]
+    tokens = [rc, *figures.neighbours(*rc, grid)]
     step = max(1, shift[0][2] - shift[0][0] - overlap_px(stage, grid))  # window stride in pixels
     fig.add_trace(go.Scatter(
         x=[(lf + rt) / 2 for _, lf, _, rt in shift], y=[(t + b) / 2 for t, _, b, _ in shift], mode="markers",
@@ -144,14 +143,14 @@ def zoom_figure(stage: str, grid: tuple[int, int], rc: tuple[int, int], title: s
 def attention_figure(name: str, grid: tuple[int, int], rc: tuple[int, int], title: str, key: str) -> None:
     """The chosen query's attention row over the grid, on the image, and what the row sums to."""
     index = rc[0] * grid[1] + rc[1]
-    row = S.to_numpy(tr.attention_rows(name, [index])[0, 0, 0]).reshape(grid)
-    fig = C.image_figure(uri, size, title=title)
-    C.add_log_heatmap(fig, row * row.size, size, "× uniform", floor=1e-3)
-    C.add_chosen(fig, C.cell_box(*rc, grid, size), size, 420, color="#00e676")
-    clickable(C.add_token_picker(fig, grid, size), key, grid)
+    row = figures.to_numpy(tr.attention_rows(name, [index])[0, 0, 0]).reshape(grid)
+    fig = figures.image_figure(uri, size, title=title)
+    figures.add_log_heatmap(fig, row * row.size, size, "× uniform", floor=1e-3)
+    figures.add_chosen(fig, figures.cell_box(*rc, grid, size), size, 420, color="#00e676")
+    clickable(figures.add_token_picker(fig, grid, size), key, grid)
     total = float(row.sum())
     if total < 0.5:
-        sums = S.to_numpy(tr.attention_row_sums(name)[0])
+        sums = figures.to_numpy(tr.attention_row_sums(name)[0])
         st.warning(
             f"This row sums to {total:.2g}, not 1: the Performer's normaliser φ(q)·Σφ(k) underflowed for this "
             f"token, so it takes (almost) nothing from the others and the layer passes on its own value. "
@@ -164,48 +163,50 @@ def attention_figure(name: str, grid: tuple[int, int], rc: tuple[int, int], titl
 def map_window_figure(name: str, grid_in: tuple[int, int], grid_out: tuple[int, int], rc: tuple[int, int],
                       title: str):
     """The 2-D token map a soft split cuts (channel norm), with the 3x3 windows of the chosen token."""
-    tokens = S.to_numpy(tr[name][0])  # (N, C)
+    tokens = figures.to_numpy(tr[name][0])  # (N, C)
     norm = np.linalg.norm(tokens, axis=1).reshape(grid_in)
-    fig = C.image_figure(None, size, title=title)
-    C.add_grid_heatmap(fig, norm, size, colorscale="Viridis", opacity=1.0, showscale=False,
+    fig = figures.image_figure(None, size, title=title)
+    figures.add_grid_heatmap(fig, norm, size, colorscale="Viridis", opacity=1.0, showscale=False,
                        hover="token norm %{z:.3g}")
     cell = (size[0] / grid_in[0], size[1] / grid_in[1])
 
-    def window(r: int, c: int) -> C.Box:  # 3x3 cells, stride 2, padding 1, in image units
+    def window(r: int, c: int) -> figures.Box:  # 3x3 cells, stride 2, padding 1, in image units
         top, left = max(0, 2 * r - 1), max(0, 2 * c - 1)
         bottom, right = min(grid_in[0], 2 * r + 2), min(grid_in[1], 2 * c + 2)
         return int(top * cell[0]), int(left * cell[1]), int(bottom * cell[0]), int(right * cell[1])
 
-    C.add_boxes(fig, [window(*n) for n in C.neighbours(*rc, grid_out)], C.NEIGHBOUR, width=1.5, dash="dot")
-    C.add_chosen(fig, window(*rc), size, 420)
-    return C.add_token_picker(fig, grid_out, size)
+    near = [window(*n) for n in figures.neighbours(*rc, grid_out)]
+    figures.add_boxes(fig, near, figures.NEIGHBOUR, width=1.5, dash="dot")
+    figures.add_chosen(fig, window(*rc), size, 420)
+    return figures.add_token_picker(fig, grid_out, size)
 
 
 def channel_mosaic(name: str, grid: tuple[int, int], count: int, title: str, key: str, trace: t2t.Trace = tr,
-                   owner: S.LoadedModel = lm) -> None:
+                   owner: models.LoadedModel = lm) -> None:
     """The first `count` channels of a step's tokens on their grid; click a tile to enlarge that channel.
 
     The enlarged channel shows the chosen token and is itself a token picker on `grid`.
     """
-    tokens = S.to_numpy(trace[name][0])[:, :count]  # (N, count)
+    tokens = figures.to_numpy(trace[name][0])[:, :count]  # (N, count)
     maps = tokens.T.reshape(-1, *grid)
     cache_key = f"{owner.key}|{ctx.image.key}|{name}|{count}"
     ncols = int(np.ceil(np.sqrt(len(maps))))
-    mosaic_uri = C.cached_png_uri(cache_key, C.upscale(C.colorize(C.mosaic(maps, ncols), "gray")))
+    mosaic_uri = figures.cached_png_uri(cache_key, figures.upscale(figures.colorize(charts.mosaic(maps, ncols),
+                                                                                    "gray")))
     chosen_key = f"{key}_channel"
     channel = st.session_state.get(chosen_key)
-    fig = C.mosaic_figure(maps, ncols, title=title, uri=mosaic_uri, pickable=True, highlight=channel,
+    fig = charts.mosaic_figure(maps, ncols, title=title, uri=mosaic_uri, pickable=True, highlight=channel,
                           hover_names=[f"channel {i}: click to enlarge" for i in range(len(maps))])
-    C.show(fig, key=key, on_select=C.tile_callback(key, len(maps), index_key=chosen_key))
+    widgets.show(fig, key=key, on_select=widgets.tile_callback(key, len(maps), index_key=chosen_key))
     if channel is None or channel >= len(maps):
         st.caption("Click a tile to enlarge its channel.")
         return
-    rc = (S.scaled_index(r0, g0[0], grid[0]), S.scaled_index(c0, g0[1], grid[1]))
-    one = C.image_figure(None, size, height=320, title=f"Channel {channel} of {name}, {grid[0]}×{grid[1]}")
-    C.add_grid_heatmap(one, maps[channel], size, colorscale="Greys", opacity=1.0, showscale=False,
+    rc = (figures.scaled_index(r0, g0[0], grid[0]), figures.scaled_index(c0, g0[1], grid[1]))
+    one = figures.image_figure(None, size, height=320, title=f"Channel {channel} of {name}, {grid[0]}×{grid[1]}")
+    figures.add_grid_heatmap(one, maps[channel], size, colorscale="Greys", opacity=1.0, showscale=False,
                        hover=f"channel {channel}: %{{z:.3g}}")
-    C.add_chosen(one, C.cell_box(*rc, grid, size), size, 320)
-    clickable(C.add_token_picker(one, grid, size, height=320), f"{key}_one", grid)
+    figures.add_chosen(one, figures.cell_box(*rc, grid, size), size, 320)
+    clickable(figures.add_token_picker(one, grid, size, height=320), f"{key}_one", grid)
     st.caption(f"Channel {channel} enlarged, the chosen token ({rc[0]}, {rc[1]}) outlined: click a token to "
                "choose it, or another tile to change the channel.")
 
@@ -292,10 +293,10 @@ def step_attention2() -> None:
 
 def step_projection() -> None:
     p = vm.model.patch_embed.patch_size
-    vr, vc = S.scaled_index(r0, g0[0], vgrid[0]), S.scaled_index(c0, g0[1], vgrid[1])
+    vr, vc = figures.scaled_index(r0, g0[0], vgrid[0]), figures.scaled_index(c0, g0[1], vgrid[1])
     box = t2t.receptive_field(model, "t2t.project", (r2, c2), size)
     t_mid = ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2)
-    v_box = C.cell_box(vr, vc, vgrid, size)
+    v_box = figures.cell_box(vr, vc, vgrid, size)
     v_mid = ((v_box[0] + v_box[2]) / 2, (v_box[1] + v_box[3]) / 2)
     st.markdown(
         f"**Projection, and ViT beside it.** A linear layer maps each of the {n2} tokens to the backbone width "
@@ -308,13 +309,13 @@ def step_projection() -> None:
     with a:
         clickable(window_figure("t2t.project", g2, (r2, c2), f"T2T-ViT: {n2} overlapping tokens"), "pick_proj", g2)
     with b:
-        fig = C.image_figure(uri if vm.img_size == lm.img_size else None, size,
+        fig = figures.image_figure(uri if vm.img_size == lm.img_size else None, size,
                              title=f"ViT: {vgrid[0] * vgrid[1]} hard {p}×{p} patches")
-        C.add_grid_lines(fig, vgrid, size, color="rgba(255,255,255,0.7)")
-        C.add_boxes(fig, [C.cell_box(*n, vgrid, size) for n in C.neighbours(vr, vc, vgrid)], C.NEIGHBOUR,
-                    width=1.5, dash="dot")
-        C.add_chosen(fig, C.cell_box(vr, vc, vgrid, size), size, 420)
-        clickable(C.add_token_picker(fig, vgrid, size), "pick_vit", vgrid)
+        figures.add_grid_lines(fig, vgrid, size, color="rgba(255,255,255,0.7)")
+        near = [figures.cell_box(*n, vgrid, size) for n in figures.neighbours(vr, vc, vgrid)]
+        figures.add_boxes(fig, near, figures.NEIGHBOUR, width=1.5, dash="dot")
+        figures.add_chosen(fig, figures.cell_box(vr, vc, vgrid, size), size, 420)
+        clickable(figures.add_token_picker(fig, vgrid, size), "pick_vit", vgrid)
     a, b = st.columns(2)
     with a:
         channel_mosaic("t2t.project", g2, 64, "T2T-ViT tokens entering the backbone: 64 channels",
@@ -322,28 +323,14 @@ def step_projection() -> None:
     with b:
         channel_mosaic("patch_embed", vgrid, 64, "ViT tokens entering the backbone: 64 channels", key="mosaic_vit",
                        trace=vtr, owner=vm)
-    smooth = {owner.role: neighbour_correlation(S.to_numpy(trace[name][0]), grid)
-              for owner, trace, name, grid in ((lm, tr, "t2t.project", g2), (vm, vtr, "patch_embed", vgrid))}
+    smooth = {owner.role: compute.neighbour_correlation(ctx, owner, name, grid)
+              for owner, name, grid in ((lm, "t2t.project", g2), (vm, "patch_embed", vgrid))}
     t, v = smooth[lm.role], smooth[vm.role]
     st.caption("Each tile is one channel of the tokens on the token grid (min–max scaled per tile). Compare how "
                "smoothly each channel changes from a token to its neighbour: T2T-ViT's tokens overlap and have been "
                "mixed by two attention layers, ViT embeds each patch on its own. On this image, neighbouring tokens "
                f"correlate {t:.2f} in T2T-ViT's channels and {v:.2f} in ViT's (mean over channels, right and down "
                f"neighbours): {'smoother for T2T-ViT' if t > v else 'not smoother for T2T-ViT here'}.")
-
-
-def neighbour_correlation(tokens: np.ndarray, grid: tuple[int, int]) -> float:
-    """Mean over channels of the correlation between each token and its right / lower neighbour, tokens (N, C)."""
-    x = tokens.reshape(*grid, -1)
-    pairs = [(x[:, :-1], x[:, 1:]), (x[:-1], x[1:])]
-    values = []
-    for a, b in pairs:
-        a = a.reshape(-1, x.shape[-1]) - a.reshape(-1, x.shape[-1]).mean(0)
-        b = b.reshape(-1, x.shape[-1]) - b.reshape(-1, x.shape[-1]).mean(0)
-        denom = np.sqrt((a ** 2).sum(0) * (b ** 2).sum(0))
-        ok = denom > 1e-12  # a constant channel has no correlation to speak of
-        values.append((a * b).sum(0)[ok] / denom[ok])
-    return float(np.concatenate(values).mean())
 
 
 STEPS = {

@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from app import _state as S
-from app import components as C
+from analysis.maps import keep_mass
+from app import charts, compute, figures, widgets
 
-ctx = S.context()
+ctx = compute.context()
 
 st.header("Attention explorer")
-C.explain_text(
+widgets.explain_text(
     "In every block of the backbone, each token (the *query*) takes a weighted average of all tokens; the "
     "weights are its **attention**. A block has several **heads**, each with its own weights. Pick a model, a "
     "block and a head, then **click a token on the image** to see where it looks (or look from the class "
@@ -51,44 +51,38 @@ col = q2.slider("Query token column", 0, grid[1] - 1, key="att_col", disabled=us
 query = 0 if use_cls else 1 + row * grid[1] + col  # the class token is token 0
 
 
-def query_rows(attn: np.ndarray) -> np.ndarray:
-    """(L, H, T, T) -> (L, H, h, w): the query's attention over the patch tokens."""
-    return attn[:, :, query, 1:].reshape(attn.shape[0], attn.shape[1], *grid)
-
-
-attn = np.stack([S.to_numpy(a[0]) for a in tr.attentions()])  # (L, H, T, T)
-maps = query_rows(attn)  # (L, H, h, w)
+maps, on_cls = compute.query_attention(ctx, lm, query)  # (L, H, h, w) over the patches, (L, H) on the class token
 shown = maps[block].mean(axis=0) if head == "mean" else maps[block, head]
-to_cls = attn[block, :, query, 0].mean() if head == "mean" else attn[block, head, query, 0]
+to_cls = on_cls[block].mean() if head == "mean" else on_cls[block, head]
 if top60:
-    shown = S.keep_mass(shown[None])[0]
-    maps = S.keep_mass(maps)
+    shown = keep_mass(shown[None])[0]
+    maps = keep_mass(maps)
 
 left, right = st.columns(2)
 with left:
-    uri = C.cached_png_uri(f"{lm.key}|{ctx.image.key}", ctx.display_image(lm))
+    uri = figures.cached_png_uri(f"{lm.key}|{ctx.image.key}", ctx.display_image(lm))
     who = "the class token" if use_cls else f"token ({row}, {col})"
     what = "mean of heads" if head == "mean" else f"head {head}"
-    fig = C.image_figure(uri, size, title=f"{lm.name}: block {block}, {what}, query {who}")
-    C.add_log_heatmap(fig, shown * shown.size, size, "× uniform", floor=1e-2 if not top60 else 1e-1)
+    fig = figures.image_figure(uri, size, title=f"{lm.name}: block {block}, {what}, query {who}")
+    figures.add_log_heatmap(fig, shown * shown.size, size, "× uniform", floor=1e-2 if not top60 else 1e-1)
     if not use_cls:
-        C.add_chosen(fig, C.cell_box(row, col, grid, size), size, 420, color="#00e676")
-    C.add_token_picker(fig, grid, size)
-    C.show(fig, key="att_pick", on_select=C.pick_callback("att_pick", "att_row", "att_col", grid, grid,
+        figures.add_chosen(fig, figures.cell_box(row, col, grid, size), size, 420, color="#00e676")
+    figures.add_token_picker(fig, grid, size)
+    widgets.show(fig, key="att_pick", on_select=widgets.pick_callback("att_pick", "att_row", "att_col", grid, grid,
                                                           unset_key="att_cls"))
     st.caption(f"Attention this query gives the class token: {to_cls:.1%}. The rest is spread over the "
                f"{grid[0] * grid[1]} patch tokens shown.")
 with right:
     tiles = maps.reshape(nb * nh, *grid)
-    fig = C.mosaic_figure(tiles, nh, cmap="inferno", title="Block (rows) × head (columns)",
+    fig = charts.mosaic_figure(tiles, nh, cmap="inferno", title="Block (rows) × head (columns)",
                           row_labels=[f"block {b}" for b in range(nb)], col_labels=[f"h{h}" for h in range(nh)],
                           pickable=True, hover_names=[f"block {i // nh}, head {i % nh}" for i in range(nb * nh)],
                           highlight=None if head == "mean" else block * nh + head, height=520)
-    C.show(fig, key="att_tiles",
-           on_select=C.tile_callback("att_tiles", nb * nh, block_head_keys=("att_block", "att_head"), heads=nh))
+    widgets.show(fig, key="att_tiles",
+           on_select=widgets.tile_callback("att_tiles", nb * nh, block_head_keys=("att_block", "att_head"), heads=nh))
 
 st.subheader("Where each head looks: distance and entropy")
-profiles = {m.role: S.attention_profile(ctx, m) for m in ctx.models}
+profiles = {m.role: compute.attention_profile(ctx, m) for m in ctx.models}
 own = profiles[role]
 dist = own["distance"][block].mean() if head == "mean" else own["distance"][block, head]
 ent = own["entropy"][block].mean() if head == "mean" else own["entropy"][block, head]
@@ -99,31 +93,22 @@ k1.metric("Mean attention distance", f"{dist:.1f} px",
 k2.metric("Attention entropy", f"{ent:.2f} nats", help=f"uniform over all {1 + grid[0] * grid[1]} tokens: "
           f"{np.log(1 + grid[0] * grid[1]):.2f} nats")
 k3.metric("Image side", f"{size[1]} px", help="for scale: the largest possible distance is the diagonal")
-colours = {ctx.t2t.role: C.T2T_COLOUR, ctx.vit.role: C.VIT_COLOUR}
+colours = {ctx.t2t.role: figures.T2T_COLOUR, ctx.vit.role: figures.VIT_COLOUR}
 mark = None if head == "mean" else (f"{role}", block, int(head))
 d1, d2 = st.columns(2)
 with d1:
-    C.show(C.head_scatter({r: (p["distance"], colours[r]) for r, p in profiles.items()},
+    widgets.show(charts.head_scatter({r: (p["distance"], colours[r]) for r, p in profiles.items()},
                           "Mean attention distance per head", "pixels", highlight=mark),
            key="att_distance")
 with d2:
-    C.show(C.head_scatter({r: (p["entropy"], colours[r]) for r, p in profiles.items()},
+    widgets.show(charts.head_scatter({r: (p["entropy"], colours[r]) for r, p in profiles.items()},
                           "Attention entropy per head", "nats", highlight=mark),
            key="att_entropy")
 st.caption("One dot per head; x is the block's relative depth so the two models line up. The ringed dot is the "
            "head chosen above. Distances are between token centres, 16 px apart for both models at 224 px.")
 
 
-def spread_distance(m: S.LoadedModel) -> float:
-    """Mean distance (px) between token centres: what a head that spreads its attention evenly averages."""
-    g = ctx.trace(m).grid("blocks.0")
-    side = ctx.trace(m).image_size
-    ys, xs = np.mgrid[0:g[0], 0:g[1]]
-    pts = np.stack([(ys.ravel() + 0.5) * side[0] / g[0], (xs.ravel() + 0.5) * side[1] / g[1]], axis=1)
-    return float(np.sqrt(((pts[:, None] - pts[None]) ** 2).sum(-1)).mean())
-
-
-even = {m.role: spread_distance(m) for m in ctx.models}
+even = {m.role: compute.even_spread_distance(ctx, m) for m in ctx.models}
 lines = []
 for m in ctx.models:
     d = profiles[m.role]["distance"]  # (L, H)

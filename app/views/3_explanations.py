@@ -10,14 +10,14 @@ import numpy as np
 import streamlit as st
 
 from analysis.attributions import COMPLETENESS_TOLERANCE
+from analysis.maps import display_scale
 from analysis.rollout import DISCARD_RULES, cls_rollout
-from app import _state as S
-from app import components as C
+from app import charts, compute, explanations, figures, jobs, models, widgets
 
-ctx = S.context()
+ctx = compute.context()
 STEPS = (4, 20)  # the steps slider's range
 st.header("Explanations: which pixels made the decision?")
-C.explain_text(
+widgets.explain_text(
     "An explanation map colours the parts of the image that a method says mattered for a class. Methods "
     "disagree, so each map comes with two **faithfulness** scores: remove the pixels in the map's order, most "
     "important first, and watch the class probability (**deletion AUC**: lower is better, the score should "
@@ -30,11 +30,11 @@ C.explain_text(
 
 expensive = st.toggle("Offer the slow methods too (Integrated Gradients, occlusion, token ablation)",
                       key="exp_expensive", help="Each takes many forward passes: seconds on a GPU, longer on a CPU.")
-options = list(S.CHEAP_METHODS) + (list(S.EXPENSIVE_METHODS) if expensive else [])
+options = list(explanations.CHEAP_METHODS) + (list(explanations.EXPENSIVE_METHODS) if expensive else [])
 st.session_state["exp_methods"] = [m for m in st.session_state.get("exp_methods", ["rollout", "chefer"])
                                   if m in options]
 methods = st.multiselect("Methods", options, key="exp_methods",
-                         format_func=S.METHOD_NAMES.__getitem__)
+                         format_func=explanations.METHOD_NAMES.__getitem__)
 
 a, b, c = st.columns(3)
 which = a.radio("Explain", ["the predicted class", "a class I choose"], key="exp_which")
@@ -91,7 +91,7 @@ if which == "a class I choose" and st.session_state.get("exp_class_reset") == vi
 
 targets: dict[str, int] = {}
 for lm in ctx.models:
-    probs = S.probabilities(ctx.trace(lm))
+    probs = compute.probabilities(ctx.trace(lm))
     names = lm.class_names
     predicted = int(np.argmax(probs))
     if which == "the predicted class":
@@ -102,34 +102,34 @@ for lm in ctx.models:
                                         on_change=st.session_state.pop, args=("exp_class_reset", None))
 cols = st.columns(2)
 for col, lm in zip(cols, ctx.models, strict=True):
-    probs = S.probabilities(ctx.trace(lm))
+    probs = compute.probabilities(ctx.trace(lm))
     t = targets[lm.role]
     with col:
         st.markdown(f"**{lm.role}** — {lm.label}: explaining **{lm.class_names[t]}** ({probs[t]:.1%})")
-        C.domain_notice(lm, ctx.image)
-C.class_list(ctx.models)
+        widgets.domain_notice(lm, ctx.image)
+widgets.class_list(ctx.models)
 
 if not methods:
     st.info("Choose at least one method above.")
 
 
-def method_map(lm: S.LoadedModel, method: str, target: int) -> tuple[str, object, dict[str, float] | None]:
+def method_map(lm: models.LoadedModel, method: str, target: int) -> tuple[str, object, dict[str, float] | None]:
     """(map id, token map (h, w), IG completeness or None) of one method with this page's options."""
     if method == "rollout":
         rule, ratio = discard[method]
-        return f"rollout|{rule}|{ratio:g}", S.rollout_with(ctx, lm, rule, ratio), None
+        return f"rollout|{rule}|{ratio:g}", explanations.rollout_with(ctx, lm, rule, ratio), None
     if method == "grad_rollout":
         rule, ratio = discard[method]
-        heat, _ = S.explanation_with(ctx, lm, method, target, discard=rule, discard_ratio=ratio)
+        heat, _ = explanations.explanation_with(ctx, lm, method, target, discard=rule, discard_ratio=ratio)
         return f"grad_rollout|{rule}|{ratio:g}|{target}", heat, None
     if method == "integrated_gradients":
-        done = S.explanation_with(ctx, lm, method, target, return_completeness=True)  # None while it runs
+        done = explanations.explanation_with(ctx, lm, method, target, return_completeness=True)  # None while it runs
         heat, completeness = done if done is not None else (None, None)
         return f"integrated_gradients|{target}", heat, completeness
-    return f"{method}|{target}", S.explanation(ctx, lm, method, target), None
+    return f"{method}|{target}", explanations.explanation(ctx, lm, method, target), None
 
 
-def completeness_note(lm: S.LoadedModel, gap: dict[str, float]) -> None:
+def completeness_note(lm: models.LoadedModel, gap: dict[str, float]) -> None:
     """IG's completeness beside its map: sum of attributions vs f(x) - f(baseline), warned above 5%."""
     total = gap["output_change"] + gap["delta"]
     text = (f"Completeness gap {gap['relative_gap']:.1%}: the attributions sum to {total:.3g}, "
@@ -141,13 +141,13 @@ def completeness_note(lm: S.LoadedModel, gap: dict[str, float]) -> None:
         st.caption(text + f" Within {COMPLETENESS_TOLERANCE:.0%}: the map accounts for the class score's change.")
 
 
-def show_scores(auc: S.Pending) -> None:
+def show_scores(auc: jobs.Pending) -> None:
     """The two AUCs side by side, now or at the end of this run (a progress bar until then)."""
     m1, m2 = st.columns(2)
     with m1:
-        S.draw_when_ready([auc], lambda a: st.metric("Deletion AUC (lower is better)", f"{a[0]:.3f}"))
+        jobs.draw_when_ready([auc], lambda a: st.metric("Deletion AUC (lower is better)", f"{a[0]:.3f}"))
     with m2:
-        S.draw_when_ready([auc], lambda a: st.metric("Insertion AUC (higher is better)", f"{a[1]:.3f}"),
+        jobs.draw_when_ready([auc], lambda a: st.metric("Insertion AUC (higher is better)", f"{a[1]:.3f}"),
                           progress=False)
 
 
@@ -165,38 +165,40 @@ def show_verdict(title: str, roles: list[str], *aucs: tuple[float, float]) -> No
 
 journeys = {}
 for method in methods:
-    title = S.METHOD_NAMES[method]
+    title = explanations.METHOD_NAMES[method]
     if method in discard:
         title += f" — discard {discard[method][1]:.0%}, rule: {RULES[discard[method][0]]}"
     st.subheader(title)
     cols = st.columns(2)
-    scores: dict[str, S.Pending] = {}
+    scores: dict[str, jobs.Pending] = {}
     for col, lm in zip(cols, ctx.models, strict=True):
         with col:
-            with st.spinner(f"{S.METHOD_NAMES[method]} for {lm.name} …"):
+            with st.spinner(f"{explanations.METHOD_NAMES[method]} for {lm.name} …"):
                 map_id, heat, gap = method_map(lm, method, targets[lm.role])
                 if heat is None:  # a slow method still running: its progress bar is drawn instead
                     continue
-                pix, stages = S.pixels_of(ctx, lm, map_id, heat, carry)
+                pix, stages = explanations.pixels_of(ctx, lm, map_id, heat, carry)
             if score:  # queued before the figure is drawn, so the curves run while the page is sent
-                scores[lm.role] = S.faithfulness_scores(ctx, lm, f"{map_id}|{carry}", pix, targets[lm.role], steps)
+                scores[lm.role] = explanations.faithfulness_scores(ctx, lm, f"{map_id}|{carry}", pix,
+                                                                   targets[lm.role], steps)
             if stages is not None:
                 journeys[method] = stages
             img = ctx.display_image(lm)
             key = f"{lm.key}|{ctx.image.key}|{map_id}|{carry}"
-            uri = C.cached_overlay_uri(key, img, lambda pix=pix: S.to_numpy(S.display_scale(pix)))
-            fig = C.image_figure(uri, img.shape[:2], title=f"{lm.role}: {lm.name}", height=380)
-            C.show(fig, key=f"exp_{method}_{lm.role}", filename=f"{method}_{lm.name}")
+            uri = figures.cached_overlay_uri(key, img, lambda pix=pix: figures.to_numpy(display_scale(pix)))
+            fig = figures.image_figure(uri, img.shape[:2], title=f"{lm.role}: {lm.name}", height=380)
+            widgets.show(fig, key=f"exp_{method}_{lm.role}", filename=f"{method}_{lm.name}")
             if gap is not None:
                 completeness_note(lm, gap)
-            C.domain_notice(lm, ctx.image, short=True)
+            widgets.domain_notice(lm, ctx.image, short=True)
             if lm.role in scores:
                 show_scores(scores[lm.role])
     if len(scores) == 2:
-        S.draw_when_ready(list(scores.values()), functools.partial(show_verdict, title, list(scores)), progress=False)
+        jobs.draw_when_ready(list(scores.values()), functools.partial(show_verdict, title, list(scores)),
+                             progress=False)
 
 if ctx.t2t.family == "t2t" and carry != "stretch" and methods:
-    conc = {name: S.t2t_concentration(ctx, ctx.t2t, f"t2t.{name}_map") for name in ("attn1", "attn2")}
+    conc = {name: explanations.t2t_concentration(ctx, ctx.t2t, f"t2t.{name}_map") for name in ("attn1", "attn2")}
     parts = [f"T2T attention {name[-1]}: a query puts a median {c['median_row']:.1%} of its weight on its top "
              f"{int(c['top'])} of {int(c['tokens'])} tokens (1%), and {c['columns']:.1%} of all the weight lands "
              f"on the same {int(c['top'])} tokens" for name, c in conc.items()]
@@ -207,11 +209,12 @@ if ctx.t2t.family == "t2t" and carry != "stretch" and methods:
 
 if journeys:
     st.subheader("The journey back through the T2T module")
-    method = st.selectbox("Method", list(journeys), format_func=S.METHOD_NAMES.__getitem__, key="exp_journey")
+    method = st.selectbox("Method", list(journeys), format_func=explanations.METHOD_NAMES.__getitem__,
+                          key="exp_journey")
     stages = journeys[method]
-    maps = [S.to_numpy(S.display_scale(m)) for _, m in stages]  # each clipped at its 99.5th percentile
+    maps = [figures.to_numpy(display_scale(m)) for _, m in stages]  # each clipped at its 99.5th percentile
     maps[-1] = maps[-1].reshape(maps[-1].shape[0] // 2, 2, maps[-1].shape[1] // 2, 2).mean(axis=(1, 3))  # lighter
-    C.show(C.strip_figure(maps, [t for t, _ in stages]), key="exp_strip")
+    widgets.show(charts.strip_figure(maps, [t for t, _ in stages]), key="exp_strip")
     st.caption("Left to right: the backbone's map, then each step back towards the pixels. A soft split spreads "
                "each token's value over the window it was cut from (overlapping windows add up); a T2T attention "
                "step spreads it over the tokens that token attended to, keeping a share for itself (the layer's "

@@ -5,13 +5,12 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from analysis.redundancy import METRICS, feature_maps, invalid_channels
-from app import _state as S
-from app import components as C
+from analysis.redundancy import METRICS
+from app import charts, compute, figures, widgets
 
-ctx = S.context()
+ctx = compute.context()
 st.header("Feature richness: how much do the channels carry?")
-C.explain_text(
+widgets.explain_text(
     "The T2T-ViT paper (Fig. 2) lays each **channel** of a block's tokens out on the token grid, like the "
     "feature maps of a CNN, and reports that in ViT trained on ImageNet many such maps are blank or nearly "
     "constant (**invalid**, marked with a red frame here) and many look alike (**redundant**), while T2T-ViT's "
@@ -42,20 +41,16 @@ with c:
 cols = st.columns(2)
 shown_invalid: dict[str, tuple[int, int]] = {}
 for col, lm in zip(cols, ctx.models, strict=True):
-    tr = ctx.trace(lm)
-    grid = tr.grid("blocks.0")
     blk = blocks[lm.role]
-    maps_t = feature_maps(tr[f"blocks.{blk}"], grid)  # (1, D, h, w)
-    invalid = S.to_numpy(invalid_channels(maps_t, threshold)[0]).astype(bool)
+    maps, invalid = compute.block_channels(ctx, lm, blk, threshold)  # (D, h, w), (D,) bool
     shown_invalid[lm.role] = (int(invalid.sum()), int(invalid.size))
-    maps = S.to_numpy(maps_t[0])
     shown = maps[:count]
     marked = [i for i in range(len(shown)) if invalid[i]]
     ncols = int(np.ceil(np.sqrt(count)))
     with col:
-        fig = C.mosaic_figure(shown, ncols, marked=marked, cmap="gray", height=460,
+        fig = charts.mosaic_figure(shown, ncols, marked=marked, cmap="gray", height=460,
                               title=f"{lm.role} {lm.name}, block {blk}: first {len(shown)} of {maps.shape[0]} channels")
-        C.show(fig, key=f"fr_mosaic_{lm.role}")
+        widgets.show(fig, key=f"fr_mosaic_{lm.role}")
         st.metric(f"Invalid channels in block {blk} (red frames)",
                   f"{invalid.sum()} of {invalid.size} ({invalid.mean():.0%})")
 
@@ -67,8 +62,8 @@ with_rank = st.toggle("Exact effective rank", key="fr_rank",
                       help="The Roy-Vetterli effective rank, exact: one eigendecomposition per block. Quick for the "
                       "small models; for large ones switch it on when you want it.")
 wanted = tuple(k for k in METRICS if k != "effective_rank" or with_rank)
-metrics = {lm.role: S.block_metrics(ctx, lm, threshold, wanted) for lm in ctx.models}
-colours = {ctx.t2t.role: C.T2T_COLOUR, ctx.vit.role: C.VIT_COLOUR}
+metrics = {lm.role: compute.block_metrics(ctx, lm, threshold, wanted) for lm in ctx.models}
+colours = {ctx.t2t.role: figures.T2T_COLOUR, ctx.vit.role: figures.VIT_COLOUR}
 labels = {lm.role: f"{lm.role} ({lm.name})" for lm in ctx.models}
 titles = {
     "invalid_fraction": ("Invalid channels (lower = richer)", "fraction"),
@@ -82,7 +77,7 @@ for start in range(0, len(shown_titles), 2):
         with slot:
             series = {labels[r]: (m[metric], colours[r]) for r, m in metrics.items()}
             fixed = (0.0, 1.0) if metric in ("invalid_fraction", "mean_abs_corr") else None
-            C.show(C.depth_figure(series, title, ytitle, yrange=fixed), key=f"fr_{metric}")
+            widgets.show(charts.depth_figure(series, title, ytitle, yrange=fixed), key=f"fr_{metric}")
 
 
 def above_at(metric: str) -> tuple[int, int]:
@@ -129,9 +124,9 @@ run_cka = k3.toggle("Compute CKA", key="cka_on",
                     help="Runs both models on a batch of synthetic images: a few seconds on a CPU. "
                     "Does not depend on the chosen image, so it is computed once per model pair.")
 if run_cka:
-    values = S.cka(ctx.t2t, ctx.vit, int(n_images), reduce)  # None while it runs: a progress bar instead
+    values = compute.cka(ctx.t2t, ctx.vit, int(n_images), reduce)  # None while it runs: a progress bar instead
     if values is not None:
-        C.show(C.matrix_figure(values, f"{ctx.vit.role} block", f"{ctx.t2t.role} block",
+        widgets.show(charts.matrix_figure(values, f"{ctx.vit.role} block", f"{ctx.t2t.role} block",
                                f"Linear CKA over {n_images} synthetic images"),
                key="cka_matrix")
         st.caption("Bright cells pair blocks that represent the images alike. A bright diagonal band means the two "

@@ -6,13 +6,12 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app import _state as S
-from app import components as C
+from app import charts, compute, figures, images, widgets
 from t2t.images import ImageError
 
-ctx = S.context()
+ctx = compute.context()
 st.header("Classify")
-C.explain_text(
+widgets.explain_text(
     "The five most likely classes of each model, with their probabilities. The shipped models were trained "
     "on ten synthetic shape classes (stripes, rings, triangles, …), so they can only answer with those; a "
     "model with released ImageNet weights answers with the 1000 ImageNet classes. Look for: do the two models "
@@ -20,41 +19,41 @@ C.explain_text(
     "own images."
 )
 
-colours = {ctx.t2t.role: C.T2T_COLOUR, ctx.vit.role: C.VIT_COLOUR}
+colours = {ctx.t2t.role: figures.T2T_COLOUR, ctx.vit.role: figures.VIT_COLOUR}
 cols = st.columns(2)
 top1 = {}
 for col, lm in zip(cols, ctx.models, strict=True):
-    probs = S.probabilities(ctx.trace(lm))
-    pairs = S.top_k(probs, lm.class_names)
+    probs = compute.probabilities(ctx.trace(lm))
+    pairs = compute.top_k(probs, lm.class_names)
     top1[lm.role] = pairs[0][0]
     with col:
-        C.show(C.topk_figure(pairs, f"{lm.role}: {lm.label}", colours[lm.role]), key=f"cls_{lm.role}")
-        C.domain_notice(lm, ctx.image)
-outside = [lm.role for lm in ctx.models if C.domain_warning(lm, ctx.image)]
+        widgets.show(charts.topk_figure(pairs, f"{lm.role}: {lm.label}", colours[lm.role]), key=f"cls_{lm.role}")
+        widgets.domain_notice(lm, ctx.image)
+outside = [lm.role for lm in ctx.models if widgets.domain_warning(lm, ctx.image)]
 caveat = f" ({' and '.join(outside)}: outside {'its' if len(outside) == 1 else 'their'} training, see above)" \
     if outside else ""
 if len(set(top1.values())) == 1:
     st.success(f"Both models say **{top1[ctx.t2t.role]}**{caveat}.")
 else:
     st.warning(" · ".join(f"{r} says **{c}**" for r, c in top1.items()) + caveat)
-C.class_list(ctx.models)
+widgets.class_list(ctx.models)
 
 st.subheader("A batch of images")
 source = st.radio("Batch", ["Synthetic test images (with labels)", "My uploads"], horizontal=True, key="batch_source")
-batch: list[tuple[S.ImageChoice, str | None]] = []
+batch: list[tuple[images.ImageChoice, str | None]] = []
 if source.startswith("Synthetic"):
     n = st.select_slider("How many", [10, 20, 50, 100], value=20, key="batch_n")
-    classes = S.synthetic_class_names()
-    batch = [(im, classes[label]) for im, label in S.synthetic_batch(int(n))]
+    classes = images.synthetic_class_names()
+    batch = [(im, classes[label]) for im, label in images.synthetic_batch(int(n))]
     run_batch = st.button("Classify the batch", key="batch_go", type="primary")
 else:
-    files = st.file_uploader("Images", type=S.IMAGE_TYPES, accept_multiple_files=True, key="batch_upload")
+    files = st.file_uploader("Images", type=images.IMAGE_TYPES, accept_multiple_files=True, key="batch_upload")
     run_batch = bool(files)
     for file in files or []:
         try:
-            batch.append((S.image_from_bytes(file.name, file.getvalue()), None))
+            batch.append((images.image_from_bytes(file.name, file.getvalue()), None))
         except ImageError as err:
-            st.error(S.upload_error_message(file.name, err))
+            st.error(images.upload_error_message(file.name, err))
 
 if run_batch and batch:
     progress = st.progress(0.0, text="Classifying …")
@@ -64,7 +63,7 @@ if run_batch and batch:
         if truth is not None:
             row["true class"] = truth
         for lm in ctx.models:
-            probs = S.predict(lm, image)
+            probs = compute.predict(lm, image)
             k = int(np.argmax(probs))
             row[f"{lm.role}"] = lm.class_names[k]
             row[f"{lm.role} p"] = float(probs[k])
@@ -82,7 +81,7 @@ if run_batch and batch:
         m[2].metric("Accuracy", " · ".join(f"{r} {a:.0%}" for r, a in acc.items()))
     if source == "My uploads":
         for lm in ctx.models:
-            warning = C.domain_warning(lm, batch[0][0], what="An uploaded image") if batch else None
+            warning = widgets.domain_warning(lm, batch[0][0], what="An uploaded image") if batch else None
             if warning:
                 st.warning(warning)
     st.dataframe(table, hide_index=True, column_config={

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
 
-from app import _state as S
+from app import compute as S
 
 MAIN = str(Path(__file__).resolve().parents[2] / "app" / "main.py")
 PICKER_PAGES = ["views/1_tokens_to_token.py", "views/2_attention.py"]  # the pages with clickable charts
@@ -43,6 +43,6 @@ def test_new_images_do_not_keep_old_page_runs_alive():
     for callback in callbacks:
         # a function bound to plain values: no closure, no page function (whose globals are the page)
         fn = getattr(callback, "func", callback)
-        assert fn.__closure__ is None and fn.__module__ == "app.components", callback
+        assert fn.__closure__ is None and fn.__module__ == "app.widgets", callback
         bound = [*getattr(callback, "args", ()), *getattr(callback, "keywords", {}).values()]
         assert all(isinstance(v, (str, int, float, tuple, type(None))) for v in bound), callback

@@ -21,8 +21,9 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 import t2t
-from app import _state as S
-from app import components as C
+from analysis.maps import keep_mass
+from app import compute, explanations, images, models
+from app import widgets as C
 
 ROOT = Path(__file__).resolve().parents[2]
 MAIN = str(ROOT / "app" / "main.py")
@@ -123,9 +124,9 @@ def test_every_page_renders(page: str) -> None:
 
 def test_default_models_image_and_untrained_notice() -> None:
     at = run()
-    ctx = at.session_state[S.CTX_KEY]
-    assert (ctx.t2t.name, ctx.vit.name) == (S.T2T_DEFAULT, S.VIT_DEFAULT)
-    assert ctx.image.key == S.default_image().key
+    ctx = at.session_state[compute.CTX_KEY]
+    assert (ctx.t2t.name, ctx.vit.name) == (models.T2T_DEFAULT, models.VIT_DEFAULT)
+    assert ctx.image.key == images.default_image().key
     notices = " ".join(w.value for w in at.warning)
     for lm in ctx.models:
         trained = lm.name in t2t.list_embedded()
@@ -137,7 +138,7 @@ def test_default_models_image_and_untrained_notice() -> None:
 def test_preprocessing_is_shown() -> None:
     at = run()
     text = " ".join(m.value for m in at.sidebar.markdown)
-    ctx = at.session_state[S.CTX_KEY]
+    ctx = at.session_state[compute.CTX_KEY]
     for lm in ctx.models:
         # project-trained models saw the 224 px renders uncropped; released weights use timm's eval crop
         expected = 1.0 if lm.source == "embedded" else lm.cfg["crop_pct"]
@@ -148,7 +149,8 @@ def test_preprocessing_is_shown() -> None:
 
 
 def test_released_weights_keep_the_registry_crop() -> None:
-    lm = S.LoadedModel("ViT", "deit_tiny_patch16_224", "random", "", "cpu", t2t.create_model("deit_tiny_patch16_224"))
+    lm = models.LoadedModel("ViT", "deit_tiny_patch16_224", "random", "", "cpu",
+                            t2t.create_model("deit_tiny_patch16_224"))
     assert lm.crop_pct == 0.875 and not lm.trained
 
 
@@ -212,7 +214,7 @@ def test_tokens_page_every_step_and_its_figures() -> None:
 def test_split0_token_shows_its_own_pixels() -> None:
     """The 147 numbers of a soft-split-0 token, un-normalised, are the pixels of its window."""
     at = run("views/1_tokens_to_token.py")
-    ctx = at.session_state[S.CTX_KEY]
+    ctx = at.session_state[compute.CTX_KEY]
     lm = ctx.t2t
     tr = ctx.trace(lm)
     x = ctx.inputs(lm)
@@ -228,7 +230,7 @@ def test_click_callback_sets_the_token() -> None:
     def script() -> None:
         import streamlit as st
 
-        from app import components as C
+        from app import widgets as C
 
         if "chart" not in st.session_state:
             st.session_state["chart"] = {"selection": {"points": [
@@ -251,7 +253,7 @@ def test_tile_callbacks_set_the_tile_and_unset_the_class_query() -> None:
     def script() -> None:
         import streamlit as st
 
-        from app import components as C
+        from app import widgets as C
 
         st.session_state.setdefault("cls", True)
         if "tiles" not in st.session_state:
@@ -322,7 +324,7 @@ def test_attention_statistics_match_analysis() -> None:
     at.slider(key="att_block").set_value(2)
     at.selectbox(key="att_head").set_value(0)
     run(at=at)
-    ctx = at.session_state[S.CTX_KEY]
+    ctx = at.session_state[compute.CTX_KEY]
     attn = ctx.trace(ctx.t2t)["blocks.2.attn"]
     expected = float(mean_attention_distance(attn, (14, 14), 16.0)[0, 0])
     shown = {m.label.split(",")[0]: m.value for m in at.metric}["Mean attention distance"]
@@ -332,8 +334,8 @@ def test_attention_statistics_match_analysis() -> None:
 
 def test_keep_mass() -> None:
     maps = np.array([[[0.5, 0.3], [0.15, 0.05]]])
-    assert S.keep_mass(maps, 0.6).tolist() == [[[0.5, 0.3], [0.0, 0.0]]]
-    assert S.keep_mass(maps, 0.5).tolist() == [[[0.5, 0.0], [0.0, 0.0]]]
+    assert keep_mass(maps, 0.6).tolist() == [[[0.5, 0.3], [0.0, 0.0]]]
+    assert keep_mass(maps, 0.5).tolist() == [[[0.5, 0.0], [0.0, 0.0]]]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -372,7 +374,7 @@ def class_box(at: AppTest, role: str):
 
 def test_explanations_page_chosen_class_and_expensive_methods() -> None:
     at = run("views/3_explanations.py")
-    slow = {S.METHOD_NAMES[m] for m in ("integrated_gradients", "occlusion", "token_ablation")}
+    slow = {explanations.METHOD_NAMES[m] for m in ("integrated_gradients", "occlusion", "token_ablation")}
     assert not slow & set(at.multiselect(key="exp_methods").options)
     at.radio(key="exp_which").set_value("a class I choose")
     run(at=at)
@@ -380,7 +382,7 @@ def test_explanations_page_chosen_class_and_expensive_methods() -> None:
     class_box(at, "ViT").set_value(7)
     run(at=at)
     assert charts(at)["exp_chefer_ViT"]["data"][0]["source"] != before  # Chefer depends on the class
-    names = at.session_state[S.CTX_KEY].vit.class_names
+    names = at.session_state[compute.CTX_KEY].vit.class_names
     assert any(f"explaining **{names[7]}**" in m.value for m in at.markdown)
     at.toggle(key="exp_expensive").set_value(True)
     run(at=at)
@@ -392,7 +394,7 @@ def test_carry_back_matches_analysis_backproject() -> None:
     from analysis.t2t_backproject import backproject_stages, backproject_trace
 
     at = run()
-    ctx = at.session_state[S.CTX_KEY]
+    ctx = at.session_state[compute.CTX_KEY]
     tr = ctx.trace(ctx.t2t)
     heat = torch.rand(14, 14, generator=torch.Generator().manual_seed(0))
     for mode in ("mass", "coverage"):
@@ -407,7 +409,7 @@ def test_carry_back_residual_rows_and_mass() -> None:
     from analysis.t2t_backproject import backproject_stages
 
     at = run()
-    ctx = at.session_state[S.CTX_KEY]
+    ctx = at.session_state[compute.CTX_KEY]
     tr = ctx.trace(ctx.t2t)
     heat = torch.rand(14, 14, generator=torch.Generator().manual_seed(1))
     stages = backproject_stages(heat, tr, (224, 224), mode="mass", residual=True)
@@ -432,7 +434,7 @@ def test_feature_page_blocks_threshold_and_cka() -> None:
     at = run("views/4_feature_richness.py")
     figs = charts(at)
     assert {"fr_invalid_fraction", "fr_mean_abs_corr", "fr_effective_rank", "fr_high_freq_fraction"} <= set(figs)
-    ctx = at.session_state[S.CTX_KEY]
+    ctx = at.session_state[compute.CTX_KEY]
     for metric in ("fr_effective_rank",):
         lengths = sorted(len(values(trace["y"])) for trace in figs[metric]["data"])
         assert lengths == sorted([ctx.t2t.num_blocks, ctx.vit.num_blocks])
@@ -471,10 +473,10 @@ def test_feature_page_blocks_threshold_and_cka() -> None:
 
 def test_classify_page_top5_matches_the_model() -> None:
     at = run("views/5_classify.py")
-    ctx = at.session_state[S.CTX_KEY]
+    ctx = at.session_state[compute.CTX_KEY]
     for lm in ctx.models:
         fig = charts(at)[f"cls_{lm.role}"]
-        probs = S.probabilities(ctx.trace(lm))
+        probs = compute.probabilities(ctx.trace(lm))
         order = np.argsort(-probs)[:5]
         assert fig["data"][0]["y"] == [lm.class_names[i] for i in order][::-1]
         np.testing.assert_allclose(values(fig["data"][0]["x"]), probs[order][::-1], rtol=1e-5)
@@ -487,7 +489,7 @@ def test_classify_synthetic_batch() -> None:
     run(at=at)
     table = at.dataframe[0].value
     assert len(table) == 10
-    assert list(table["true class"]) == list(S.synthetic_class_names())
+    assert list(table["true class"]) == list(images.synthetic_class_names())
     assert {m.label for m in at.metric} >= {"Images", "The models agree on", "Accuracy"}
 
 
@@ -532,7 +534,7 @@ def test_bad_upload_gives_a_clear_error_and_the_app_goes_on(case: str) -> None:
     shown = errors(at)
     assert any(f"Cannot use '{name}'" in e and message in e for e in shown), shown
     assert any("Showing the synthetic 'triangle' #0 instead" in w.value for w in at.warning)
-    assert at.session_state[S.CTX_KEY].image.key == S.default_image().key
+    assert at.session_state[compute.CTX_KEY].image.key == images.default_image().key
     assert "pick_split0" in charts(at)  # the page still renders, on the default image
     for page in ("views/3_explanations.py", "views/5_classify.py"):
         run(page, at)
@@ -580,7 +582,7 @@ def test_unusual_uploads_are_used(case: str) -> None:
     name, data, size = UNUSUAL_UPLOADS[case]
     at = upload(run(), name, data)
     assert not errors(at)
-    image = at.session_state[S.CTX_KEY].image
+    image = at.session_state[compute.CTX_KEY].image
     assert image.label == name and image.image.mode == "RGB" and image.image.size == size
     assert "pick_split0" in charts(at)
     if case == "EXIF-rotated":
@@ -595,7 +597,7 @@ def test_camera_photo_is_used() -> None:
     photo = encoded(Image.new("RGB", (64, 48), (10, 200, 10)), "JPEG")
     at.camera_input(key="camera").set_value(("photo.jpg", photo, "image/jpeg"))
     run(at=at)
-    image = at.session_state[S.CTX_KEY].image
+    image = at.session_state[compute.CTX_KEY].image
     assert image.label == "photo.jpg" and image.image.size == (64, 48)
     assert not errors(at)
 
@@ -627,7 +629,7 @@ def test_checkpoint_that_does_not_fit_gives_a_clear_message(tmp_path: Path) -> N
     details = " ".join(c.value for c in at.sidebar.code)
     assert "missing keys" in details and "deit_tiny_patch16_224" in details  # names the model it does fit
     assert any("the checkpoint could not be used" in w.value for w in at.warning)
-    assert at.session_state[S.CTX_KEY].t2t.source in ("embedded", "random")  # fell back
+    assert at.session_state[compute.CTX_KEY].t2t.source in ("embedded", "random")  # fell back
     assert "pick_split0" in charts(at)
 
 
@@ -645,7 +647,7 @@ def test_uploaded_checkpoints(tmp_path: Path) -> None:
     at.file_uploader(key="ViT_ckpt").set_value(("mine.pth.tar", data, "application/octet-stream"))
     run(at=at)
     assert not errors(at)
-    vit = at.session_state[S.CTX_KEY].vit
+    vit = at.session_state[compute.CTX_KEY].vit
     assert vit.source == "upload" and vit.weights_label == "mine.pth.tar"
     assert len(vit.class_names) == 10
     torch.testing.assert_close(vit.model.head.weight.cpu(), good.head.weight)
@@ -656,14 +658,14 @@ def test_out_of_memory_falls_back_to_the_cpu() -> None:
         import streamlit as st
         import torch
 
-        from app import _state as S
+        from app import device
 
         def boom() -> None:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
         if not st.session_state.get("force_cpu"):
-            S.guarded(boom)
-        st.write(S.device_name())
+            device.guarded(boom)
+        st.write(device.device_name())
         st.write(st.session_state["device_notice"])
 
     at = AppTest.from_function(script)
@@ -692,11 +694,11 @@ def test_ema_checkbox_and_the_dictionary_loaded(tmp_path: Path) -> None:
     assert at.checkbox(key="ViT_ema").value is True  # on by default, as the official evaluation
     captions = " ".join(c.value for c in at.sidebar.caption)
     assert "Loaded: **state_dict_ema** (EMA weights)" in captions
-    torch.testing.assert_close(at.session_state[S.CTX_KEY].vit.model.head.weight.cpu(), ema.head.weight)
+    torch.testing.assert_close(at.session_state[compute.CTX_KEY].vit.model.head.weight.cpu(), ema.head.weight)
     at.checkbox(key="ViT_ema").uncheck()
     run(at=at)
     assert "Loaded: **state_dict**" in " ".join(c.value for c in at.sidebar.caption)
-    torch.testing.assert_close(at.session_state[S.CTX_KEY].vit.model.head.weight.cpu(), raw.head.weight)
+    torch.testing.assert_close(at.session_state[compute.CTX_KEY].vit.model.head.weight.cpu(), raw.head.weight)
 
 
 def test_weights_box_offers_only_what_exists() -> None:
@@ -705,13 +707,13 @@ def test_weights_box_offers_only_what_exists() -> None:
     run(at=at)
     box = at.selectbox(key="T2T-ViT_source")
     assert "embedded" not in box.options and box.value == "random"
-    assert at.session_state[S.CTX_KEY].t2t.source == "random"
+    assert at.session_state[compute.CTX_KEY].t2t.source == "random"
     at.selectbox(key="T2T-ViT_name").set_value("t2t_vit_7")
     run(at=at)
     assert at.selectbox(key="T2T-ViT_source").value == "random"  # kept: it exists for t2t_vit_7 too
     at.selectbox(key="T2T-ViT_source").set_value("embedded")
     run(at=at)
-    assert at.session_state[S.CTX_KEY].t2t.source == "embedded"
+    assert at.session_state[compute.CTX_KEY].t2t.source == "embedded"
 
 
 def test_rollout_discard_rule_is_named_and_used() -> None:
@@ -721,7 +723,7 @@ def test_rollout_discard_rule_is_named_and_used() -> None:
     at = run("views/3_explanations.py")
     assert at.selectbox(key="exp_rule").value == "vit-explain"
     assert any("rule: vit-explain (flattened map)" in h.value for h in at.subheader)
-    ctx = at.session_state[S.CTX_KEY]
+    ctx = at.session_state[compute.CTX_KEY]
     maps = {}
     for rule in ("vit-explain", "row"):
         at.selectbox(key="exp_rule").set_value(rule)
@@ -731,14 +733,14 @@ def test_rollout_discard_rule_is_named_and_used() -> None:
         assert any(f"discard 50%, rule: {label}" in h.value for h in at.subheader)
         tr = ctx.trace(ctx.vit)
         expected = tokens_to_grid(cls_rollout(tr.attentions(), discard_ratio=0.5, discard=rule), (14, 14))[0]
-        maps[rule] = S.rollout_with(ctx, ctx.vit, rule, 0.5)
+        maps[rule] = explanations.rollout_with(ctx, ctx.vit, rule, 0.5)
         torch.testing.assert_close(maps[rule], expected.float().cpu())
     assert not torch.allclose(maps["row"], maps["vit-explain"])
 
 
 def test_tiny_image_says_how_much_it_was_upsampled() -> None:
     at = upload(run(), "dot.png", png(Image.new("RGB", (1, 1), (200, 30, 30))))
-    ctx = at.session_state[S.CTX_KEY]
+    ctx = at.session_state[compute.CTX_KEY]
     factor = ctx.steps(ctx.t2t).resize_factor
     assert factor > 100
     notes = [w.value for w in at.warning]
@@ -750,7 +752,7 @@ def test_feature_page_words_match_the_numbers() -> None:
     from analysis.redundancy import feature_maps, invalid_channels
 
     at = run("views/4_feature_richness.py")
-    ctx = at.session_state[S.CTX_KEY]
+    ctx = at.session_state[compute.CTX_KEY]
     at.slider(key="fr_threshold").set_value(0.5)
     run(at=at)
     text = " ".join(m.value for m in at.markdown if "On this image" in m.value)
@@ -766,10 +768,10 @@ def test_feature_page_words_match_the_numbers() -> None:
 
 def test_attention_page_words_match_the_distances() -> None:
     at = run("views/2_attention.py")
-    ctx = at.session_state[S.CTX_KEY]
+    ctx = at.session_state[compute.CTX_KEY]
     text = " ".join(m.value for m in at.markdown if "On this image" in m.value)
     for lm in ctx.models:
-        d = S.attention_profile(ctx, lm)["distance"]
+        d = compute.attention_profile(ctx, lm)["distance"]
         assert f"**{lm.role}**: every head between {d.min():.0f} and {d.max():.0f} px" in text
     assert "ViT's early blocks need some heads to look locally" not in " ".join(i.value for i in at.info)
 
@@ -782,8 +784,8 @@ def test_photo_outside_the_classes_and_chosen_class_reset() -> None:
     run(at=at)
     at.radio(key="image_source").set_value("Sample photo")
     run(at=at)
-    ctx = at.session_state[S.CTX_KEY]
-    predicted = int(np.argmax(S.probabilities(ctx.trace(ctx.vit))))
+    ctx = at.session_state[compute.CTX_KEY]
+    predicted = int(np.argmax(compute.probabilities(ctx.trace(ctx.vit))))
     assert class_box(at, "ViT").value == predicted  # not the class chosen for the last image
     assert any("start again from each model's prediction" in i.value for i in at.info)
     warnings = [w.value for w in at.warning]
@@ -799,11 +801,11 @@ def test_integrated_gradients_shows_its_completeness_gap() -> None:
     run(at=at)
     at.multiselect(key="exp_methods").set_value(["integrated_gradients"])
     run(at=at)
-    ctx = at.session_state[S.CTX_KEY]
+    ctx = at.session_state[compute.CTX_KEY]
     notes = [c.value for c in at.caption] + [w.value for w in at.warning]
     for lm in ctx.models:
-        target = int(np.argmax(S.probabilities(ctx.trace(lm))))
-        _, gap = S.explanation_with(ctx, lm, "integrated_gradients", target, return_completeness=True)
+        target = int(np.argmax(compute.probabilities(ctx.trace(lm))))
+        _, gap = explanations.explanation_with(ctx, lm, "integrated_gradients", target, return_completeness=True)
         total = gap["output_change"] + gap["delta"]
         line = (f"Completeness gap {gap['relative_gap']:.1%}: the attributions sum to {total:.3g}, "
                 f"f(x) − f(baseline) = {gap['output_change']:.3g}")
@@ -816,8 +818,8 @@ def test_integrated_gradients_shows_its_completeness_gap() -> None:
 def test_domain_warning_rules() -> None:
     from types import SimpleNamespace
 
-    shapes = list(S.synthetic_class_names())
-    synthetic, photo = S.synthetic_image(0, 0), SimpleNamespace(key="sample:cat")
+    shapes = list(images.synthetic_class_names())
+    synthetic, photo = images.synthetic_image(0, 0), SimpleNamespace(key="sample:cat")
 
     def model(source: str, names: list[str]) -> SimpleNamespace:
         return SimpleNamespace(role="ViT", name="m", weights_label=source, source=source, class_names=names)

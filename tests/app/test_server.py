@@ -174,7 +174,7 @@ def test_fair_queue_drops_a_job_nobody_waits_for() -> None:
 def test_cache_stays_within_its_budget_over_many_images() -> None:
     from streamlit.testing.v1 import AppTest
 
-    from app import _state as S
+    from app import jobs as S
 
     S.CACHE.clear()  # earlier tests in this process leave entries that would inflate "one image"
     at = AppTest.from_file(MAIN, default_timeout=600)
@@ -197,7 +197,7 @@ def test_cache_stays_within_its_budget_over_many_images() -> None:
 
 
 def test_pages_import_nothing_that_start_up_did_not() -> None:
-    """The first run imports every package the pages use (S.import_page_modules); visiting every page
+    """The first run imports every package the pages use (jobs.import_page_modules); visiting every page
     after it must import no package for the first time, or two sessions could see it half-initialised."""
     probe = f"""
 import sys
@@ -223,11 +223,12 @@ print(sorted({{m.split(".")[0] for m in sys.modules}} - before))
 def test_image_choices_survive_switching_the_source_away_and_back() -> None:
     from streamlit.testing.v1 import AppTest
 
-    from app import _state as S
+    from app import compute as S
+    from app.images import synthetic_class_names
 
     at = AppTest.from_file(MAIN, default_timeout=600)
     at.run()
-    ring = S.synthetic_class_names().index("ring") if "ring" in S.synthetic_class_names() else 1
+    ring = synthetic_class_names().index("ring") if "ring" in synthetic_class_names() else 1
     at.selectbox(key="synthetic_class").set_value(ring)
     at.number_input(key="synthetic_example").set_value(7)
     at.run()
@@ -304,7 +305,7 @@ def test_several_sessions_visit_every_page_for_the_first_time_at_once(browser) -
 
 
 def test_progress_text_says_what_each_job_is_doing() -> None:
-    from app._state import _progress_text
+    from app.jobs import _progress_text
 
     queue = FairQueue(1, "test")
     gate = threading.Event()
@@ -329,7 +330,7 @@ def _quick_result_page(token: str) -> None:
 
     import streamlit as st
 
-    from app import _state as S
+    from app import jobs as S
 
     @S.memo
     def square(token: str, n: int) -> int:
@@ -350,7 +351,7 @@ def test_quick_results_are_drawn_in_their_place_in_the_same_run(monkeypatch: pyt
     the next run finds it cached and draws it at once."""
     from streamlit.testing.v1 import AppTest
 
-    from app import _state as S
+    from app import jobs as S
 
     monkeypatch.setattr(S, "browser_polls", lambda: True)
     at = AppTest.from_function(_quick_result_page, args=(f"quick-{time.time()}",), default_timeout=60).run()
@@ -368,7 +369,7 @@ def _interrupted_page(token: str) -> None:
 
     import streamlit as st
 
-    from app import _state as S
+    from app import jobs as S
 
     @S.memo
     def square(token: str, n: int) -> int:
@@ -387,7 +388,7 @@ def _interrupted_page(token: str) -> None:
 def test_a_stopped_run_leaves_nothing_to_draw_in_the_next(monkeypatch: pytest.MonkeyPatch) -> None:
     from streamlit.testing.v1 import AppTest
 
-    from app import _state as S
+    from app import jobs as S
 
     monkeypatch.setattr(S, "browser_polls", lambda: True)
     at = AppTest.from_function(_interrupted_page, args=(f"stopped-{time.time()}",), default_timeout=60).run()
@@ -402,7 +403,7 @@ def test_faithfulness_scores_the_curve_ends_once_and_equals_the_reference() -> N
     ends, the same for every map); its AUCs equal analysis.faithfulness.deletion_insertion's."""
     import t2t
     from analysis.faithfulness import deletion_insertion, model_score_fn
-    from app import _state as S
+    from app import explanations as S
 
     model = t2t.create_model("deit_tiny_patch16_224", pretrained="embedded").eval()
     x = torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(0)) * 2 - 1
@@ -423,7 +424,7 @@ def test_faithfulness_scores_equal_analysis_faithfulness(name: str) -> None:
     gives the AUCs of analysis.faithfulness.faithfulness called directly, for token and pixel maps."""
     import t2t
     from analysis.faithfulness import faithfulness
-    from app import _state as S
+    from app import explanations as S
 
     model = t2t.create_model(name, pretrained="embedded").eval()
     x = torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(1)) * 2 - 1

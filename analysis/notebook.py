@@ -7,11 +7,13 @@ Which weights (`load_models`), read from the environment so that one command re-
 on other weights:
 
 - T2T_LENS_WEIGHTS: "embedded" (default: the project's models, trained from scratch on the synthetic
-  dataset and shipped in t2t/assets/embedded), "imagenet" (the released ImageNet-1k weights, downloaded
-  once), "random", or a checkpoint path or URL; for both models.
+  dataset and shipped in t2t/assets/embedded), "imagenet" or "released" (the model's released weights,
+  downloaded once: ImageNet-1k, or CIFAR-10 / CIFAR-100 for the `*_cifar*` names; `default_cfg["dataset"]`
+  says which), "random", or a checkpoint path or URL; for both models.
 - T2T_LENS_WEIGHTS_T2T / T2T_LENS_WEIGHTS_VIT: the same, per model (override T2T_LENS_WEIGHTS).
-- T2T_LENS_MODEL_T2T / T2T_LENS_MODEL_VIT: the architectures (default t2t_vit_7 and
-  deit_tiny_patch16_224); a checkpoint of another architecture is loaded into that one.
+- T2T_LENS_MODEL_T2T / T2T_LENS_MODEL_VIT: the registry names (default t2t_vit_7 and
+  deit_tiny_patch16_224, any of `python -m t2t list`, e.g. t2t_vit_14_cifar100); a checkpoint of another
+  architecture is loaded into that one.
 """
 
 from __future__ import annotations
@@ -97,13 +99,13 @@ def synthetic_batch(model: nn.Module, n: int, start: int = 0) -> tuple[Tensor, T
 
 
 def photo_batch(model: nn.Module) -> tuple[Tensor, list[str]]:
-    """The bundled sample photos, preprocessed as `model` expects (timm's eval transform): (P, 3, S, S), names."""
+    """The bundled sample photos, preprocessed as `model` expects (its own eval transform): (P, 3, S, S), names."""
+    from t2t.data.folder import eval_transform
     from t2t.images import open_image, preprocess, sample_images
 
-    cfg = model.default_cfg
+    transform = eval_transform(model)
     photos = sample_images()
-    x = torch.cat([preprocess(open_image(p), cfg["mean"], cfg["std"], cfg["img_size"], cfg["crop_pct"])
-                   for p in photos.values()])
+    x = torch.cat([preprocess(open_image(p), *transform) for p in photos.values()])
     return x, list(photos)
 
 

@@ -216,6 +216,9 @@ class TokenPerformer(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+AUX_WEIGHT = 0.5  # TokenLabeling's weight of the auxiliary token head at evaluation
+
+
 class ClassTokenBackbone(nn.Module):
     """What T2T-ViT and ViT share after their stems: class token, position embedding, blocks, head.
 
@@ -247,10 +250,21 @@ class ClassTokenBackbone(nn.Module):
         return self.forward_tokens(x, tape)[:, 0]
 
     def forward_head(self, features: Tensor) -> Tensor:
+        """The class-token head alone: normed class token (B, D) -> (B, classes)."""
         return self.head(features)
 
+    def forward_logits(self, tokens: Tensor) -> Tensor:
+        """Normed tokens (B, 1 + N, D) -> logits (B, classes): the class-token head, plus, for a model
+        with TokenLabeling's auxiliary head, `0.5 * max over patch tokens of aux_head(token)`, as
+        TokenLabeling's LV-ViT evaluates (`x_cls + 0.5 * x_aux.max(1)[0]`, tlt/models/lvvit.py)."""
+        logits = self.forward_head(tokens[:, 0])
+        aux = getattr(self, "aux_head", None)
+        if aux is not None:
+            logits = logits + AUX_WEIGHT * aux(tokens[:, self.num_prefix_tokens:]).amax(dim=1)
+        return logits
+
     def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
+        return self.forward_logits(self.forward_tokens(x))
 
 
 def init_weights(m: nn.Module) -> None:

@@ -2,6 +2,7 @@
 
     from t2t.loading import load_model
     model = load_model("t2t_vit_14", "released")              # the official ImageNet-1k checkpoint (EMA)
+    model = load_model("t2t_vit_14_cifar100", "released")     # its official CIFAR-100 fine-tune
     model = load_model("t2t_vit_7", "embedded")               # the project's synthetic-data model
     model = load_model("t2t_vit_7", "runs/x/model.safetensors")  # a path or an http(s) URL
     model = load_model("t2t_vit_7", "random", seed=0)         # untrained, the same network every time
@@ -19,6 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from t2t.registry import get_config
+
 WEIGHT_ALIASES: dict[str, bool | str | None] = {
     "embedded": "embedded", "imagenet": True, "released": True, "official": True, "random": None, "none": None,
 }
@@ -28,7 +31,8 @@ def parse_weights(spec: str | None) -> bool | str | None:
     """A weights spec -> `create_model(pretrained=...)`.
 
     "embedded" -> the project's synthetic-data models; "imagenet" (or "released", "official") ->
-    the released ImageNet-1k weights; "random" (or "none", None) -> untrained; anything else is a
+    the released weights of the registry name (ImageNet-1k, or CIFAR-10 / CIFAR-100 for the
+    `*_cifar*` names; `default_cfg["dataset"]` says which); "random" (or "none", None) -> untrained; anything else is a
     checkpoint path or URL.
     """
     if spec is None:
@@ -37,15 +41,17 @@ def parse_weights(spec: str | None) -> bool | str | None:
 
 
 def _create(name: str, pretrained: bool | str, use_ema: bool, num_classes: int | None,
-            img_size: int | None) -> nn.Module:
+            img_size: int | None, aux_head: bool | None = None) -> nn.Module:
     import t2t
 
-    return t2t.create_model(name, img_size, num_classes, pretrained=pretrained, use_ema=use_ema)
+    extra = {} if aux_head is None else {"aux_head": aux_head}
+    return t2t.create_model(name, img_size, num_classes, pretrained=pretrained, use_ema=use_ema, **extra)
 
 
 def load_model(name: str, weights: str | None = "embedded", device: str | torch.device = "cpu", *,
                use_ema: bool = True, fallback: bool = False, seed: int = 0, num_classes: int | None = None,
-               match_architecture: bool = True, img_size: int | None = None) -> nn.Module:
+               match_architecture: bool = True, img_size: int | None = None,
+               aux_head: bool | None = None) -> nn.Module:
     """A registry model with `weights` (see `parse_weights`), in eval mode on `device`.
 
     - use_ema: with an official `.pth.tar` holding an EMA copy, load it (as the official
@@ -61,6 +67,8 @@ def load_model(name: str, weights: str | None = "embedded", device: str | torch.
     - match_architecture: a checkpoint of another registry architecture (e.g. a T2T-ViT-14 file
       given with the default name t2t_vit_7) loads into that architecture, with a note; False
       raises the CheckpointError instead (the app, whose model name is the user's choice).
+    - aux_head: for t2t_vit_24_token_labeling, False evaluates the class-token head alone (see
+      `t2t.create_model`); None keeps TokenLabeling's evaluation when the file has the aux head.
     """
     import t2t
     from t2t.data import CLASS_NAMES
@@ -85,7 +93,7 @@ def load_model(name: str, weights: str | None = "embedded", device: str | torch.
         model.default_cfg["state_dict_key"] = None
     else:
         try:
-            model = _create(name, pretrained, use_ema, num_classes, img_size)
+            model = _create(name, pretrained, use_ema, num_classes, img_size, aux_head)
         except t2t.CheckpointError:
             if pretrained in (True, "embedded") or not match_architecture:
                 raise
@@ -120,13 +128,18 @@ def checkpoint_class_names(source: str, num_classes: int) -> list[str] | None:
 
 
 def describe_model(model: nn.Module) -> dict[str, Any]:
-    """What a results file needs to say about a model: name, weights and the dictionary loaded, sizes, transform."""
+    """What a results file needs to say about a model: name, weights and the dictionary loaded, the dataset they
+    were trained on, the attention scale and head in use, sizes, transform, and the top-1 the release states."""
     cfg = model.default_cfg
     card = cfg.get("card", {})
     return {"name": cfg["name"], "family": cfg["family"], "weights": cfg.get("weights", "random"),
             "use_ema": cfg.get("use_ema"), "state_dict_key": cfg.get("state_dict_key"),
+            "dataset": cfg.get("dataset"), "qk_scale": cfg.get("qk_scale"), "qk_scale_rule": cfg.get("qk_scale_rule"),
+            "token_labeling": cfg.get("token_labeling"), "checkpoint_meta": cfg.get("checkpoint_meta", {}),
             "img_size": cfg["img_size"], "num_classes": cfg["num_classes"], "num_blocks": len(model.blocks),
             "params": sum(p.numel() for p in model.parameters()), "mean": list(cfg["mean"]),
             "std": list(cfg["std"]), "crop_pct": cfg["crop_pct"],
             "interpolation": cfg.get("interpolation", "bicubic"), "test_acc": card.get("test_acc"),
-            "imagenet_top1": cfg.get("top1")}
+            "release_top1": cfg.get("top1"), "release_top1_source": cfg.get("top1_source"),
+            # kept for results files that read it: the release's top-1 when it is an ImageNet-1k number
+            "imagenet_top1": cfg.get("top1") if get_config(cfg["name"]).dataset == "ImageNet-1k" else None}

@@ -108,14 +108,19 @@ class T2TModule(nn.Module):
 
 
 class T2TViT(ClassTokenBackbone):
-    """T2T module, class token, sinusoid position table, backbone of `depth` blocks, head."""
+    """T2T module, class token, sinusoid position table, backbone of `depth` blocks, head.
+
+    aux_head: also TokenLabeling's auxiliary token head (`aux_head`, embed_dim -> num_classes on
+    every patch token), used at evaluation as TokenLabeling's models do (`forward_logits`).
+    """
 
     family = "t2t"
 
     def __init__(self, img_size: int = 224, tokens_type: str = "performer", in_chans: int = 3,
                  num_classes: int = 1000, embed_dim: int = 768, depth: int = 12, num_heads: int = 12,
                  mlp_ratio: float = 4.0, qkv_bias: bool = False, qk_scale: float | None = None,
-                 drop_rate: float = 0.0, drop_path_rate: float = 0.0, token_dim: int = 64):
+                 drop_rate: float = 0.0, drop_path_rate: float = 0.0, token_dim: int = 64,
+                 aux_head: bool = False):
         super().__init__()
         self.img_size = img_size
         self.num_classes = num_classes
@@ -132,6 +137,7 @@ class T2TViT(ClassTokenBackbone):
         )
         self.norm = nn.LayerNorm(embed_dim)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.aux_head = nn.Linear(embed_dim, num_classes) if aux_head and num_classes > 0 else None
         nn.init.trunc_normal_(self.cls_token, std=0.02)
         self.apply(init_weights)
 

@@ -239,8 +239,9 @@ def trace(
         # a leaf that wants grad, so the graph exists even for a frozen model
         images = images.detach().clone().requires_grad_(True)
     with torch.set_grad_enabled(keep_graph):
-        features = model.forward_features(images, tape)
-        logits = model.forward_head(features)
+        tokens = model.forward_tokens(images, tape)
+        features = tokens[:, 0]
+        logits = model.forward_logits(tokens)
     tape.record("features", features)
     tape.record("logits", logits)
     if keep_graph:

@@ -73,6 +73,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--val-size", type=int, default=2_000, help="validation images, every --eval-every")
     p.add_argument("--test-size", type=int, default=10_000, help="test images, at the end")
     p.add_argument("--eval-every", type=int, default=500, help="steps between validation + checkpoint")
+    p.add_argument("--qk-scale", type=float, default=None,
+                   help="backbone attention scale (default: the registry's, head_dim ** -0.5); the card records it")
     p.add_argument("--workers", type=int, default=min(16, os.cpu_count() or 1), help="DataLoader processes")
     p.add_argument("--out", default=None, help="run directory (default runs/MODEL)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
@@ -104,11 +106,35 @@ def reproduce_command(args: argparse.Namespace) -> str:
 
 # ----------------------------------------------------------------------------- pieces
 
-def build_model(name: str, img_size: int, num_classes: int) -> nn.Module:
-    """A fresh registry model (tests swap this for a stand-in)."""
+def build_model(name: str, img_size: int, num_classes: int, **overrides: Any) -> nn.Module:
+    """A fresh registry model (tests swap this for a stand-in); `overrides`: e.g. qk_scale."""
     import t2t
 
-    return t2t.create_model(name, img_size=img_size, num_classes=num_classes)
+    return t2t.create_model(name, img_size=img_size, num_classes=num_classes, **overrides)
+
+
+def model_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Constructor arguments the command line sets (only those given, so a stand-in needs none)."""
+    return {"qk_scale": args.qk_scale} if getattr(args, "qk_scale", None) else {}
+
+
+def _scale_before_qk_scale_was_recorded(name: str) -> float | None:
+    """A run checkpointed before --qk-scale existed trained its T2T-ViT at embed_dim ** -0.5 (the registry's
+    default then); a resumed run must go on with the scale it started with."""
+    from t2t.registry import MODELS
+
+    cfg = MODELS.get(name)
+    if cfg is None or cfg.family != "t2t":
+        return None
+    print(f"note: this checkpoint predates --qk-scale; continuing at the scale it was trained with, "
+          f"embed_dim ** -0.5 = {cfg.args['embed_dim'] ** -0.5:.6g}")
+    return cfg.args["embed_dim"] ** -0.5
+
+
+def attention_scale(model: nn.Module) -> float | None:
+    """The backbone attention scale of a registry model (None for a model without `blocks`)."""
+    blocks = getattr(model, "blocks", None)
+    return float(blocks[0].attn.scale) if blocks is not None and len(blocks) else None
 
 
 def pick_device(name: str) -> torch.device:
@@ -248,6 +274,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         for k, v in ckpt["args"].items():
             if k not in RUNTIME_ARGS:
                 setattr(args, k, v)
+        if "qk_scale" not in ckpt["args"]:
+            args.qk_scale = _scale_before_qk_scale_was_recorded(args.model)
 
     device = pick_device(args.device)
     amp = args.amp = device.type == "cuda" if args.amp is None else args.amp  # resolved: recorded as run
@@ -266,7 +294,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         args.steps = 4000 if args.epochs is None else math.ceil(args.epochs * steps_per_epoch)
     total = args.steps
 
-    model = build_model(args.model, args.img_size, num_classes).to(device)
+    model = build_model(args.model, args.img_size, num_classes, **model_overrides(args)).to(device)
     run_model = torch.compile(model) if args.compile else model
     opt = torch.optim.AdamW(param_groups(model, args.weight_decay), lr=args.lr, betas=(0.9, 0.999),
                             fused=device.type == "cuda")
@@ -386,7 +414,7 @@ def finish(args: argparse.Namespace, model: nn.Module, out: Path, device: torch.
 
     test_ds = LocalStructureDataset("test", args.test_size, args.img_size, args.data_seed, as_uint8=True)
     test_dl = loader(test_ds, args.batch_size, args.workers, device, persistent=False)
-    half = build_model(args.model, args.img_size, len(CLASS_NAMES)).to(device)
+    half = build_model(args.model, args.img_size, len(CLASS_NAMES), **model_overrides(args)).to(device)
     half.load_state_dict({k: v.half().float() if v.is_floating_point() else v for k, v in model.state_dict().items()})
     # in float32 (no autocast): the number a user loading the weights will see
     fp32, fp16 = evaluate([model, half], test_dl, device, False, mean, std)
@@ -398,8 +426,11 @@ def finish(args: argparse.Namespace, model: nn.Module, out: Path, device: torch.
 
     weights = {k: (v.to(dtype) if v.is_floating_point() else v).detach().cpu().contiguous()
                for k, v in model.state_dict().items()}
+    scale = attention_scale(model)
     metadata = {"model": args.model, "img_size": str(args.img_size), "num_classes": str(len(CLASS_NAMES)),
                 "class_names": json.dumps(list(CLASS_NAMES)), "dtype": str(dtype).removeprefix("torch.")}
+    if scale is not None:  # `t2t.create_model` evaluates the weights at the scale they were trained with
+        metadata["qk_scale"] = repr(scale)
     tmp = out / "model.safetensors.tmp"
     save_file(weights, str(tmp), metadata=metadata)
     os.replace(tmp, out / "model.safetensors")
@@ -416,6 +447,10 @@ def finish(args: argparse.Namespace, model: nn.Module, out: Path, device: torch.
         "class_names": list(CLASS_NAMES), "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
         # trained on whole img_size renders, no resize-and-crop: evaluate them the same way
         "crop_pct": 1.0,
+        # the backbone attention scale trained with: loading applies it (`t2t.create_model`)
+        "qk_scale": scale,
+        "qk_scale_rule": "--qk-scale" if args.qk_scale else "head_dim ** -0.5 (the registry's)",
+        "dataset": "synthetic local structure",
         "weights": "model.safetensors", "dtype": metadata["dtype"],
         "params": sum(p.numel() for p in model.parameters()),
         "data": {"dataset": "t2t.data.synthetic.LocalStructureDataset", "data_seed": args.data_seed,
@@ -442,6 +477,8 @@ def model_card_md(card: dict[str, Any]) -> str:
         ("input", f"{card['img_size']}x{card['img_size']} RGB, normalised with mean {card['mean']}, "
                   f"std {card['std']}"),
         ("parameters", f"{card['params']:,}"),
+        ("attention scale", f"{card['qk_scale']:.6g} ({card['qk_scale_rule']}); loading applies it"
+         if card.get("qk_scale") is not None else "n/a"),
         ("data", f"`{d['dataset']}`, data seed {d['data_seed']}, split seeds {d['split_seeds']}, "
                  f"{d['train_size']:,} train / {d['val_size']:,} val images"),
         ("recipe", f"AdamW lr {r['lr']} (min {r['min_lr']}), weight decay {r['weight_decay']}, "

@@ -157,7 +157,7 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
     try:
         device = dist_.device(args.device)
         model = load_model(args.model, args.weights, device, use_ema=not args.no_ema, match_architecture=False,
-                           img_size=args.img_size)
+                           img_size=args.img_size, aux_head=False if args.cls_head_only else None)
         labelled: Any = None
         if dist_.is_main:
             try:
@@ -232,7 +232,12 @@ def report(result: dict[str, Any], model: nn.Module) -> None:
           f"{result['num_images']} images ({result['num_skipped']} skipped, {len(result['missing'])} missing), "
           f"{result['timing']['images_per_s']:.1f} images/s on {result['world_size']} process(es)", file=sys.stderr)
     if cfg.get("top1") and cfg.get("url") and str(cfg.get("weights")) == cfg["url"]:
-        print(f"  released weights: {cfg['top1']}% top-1 on the 50,000 ImageNet-1k validation images", file=sys.stderr)
+        from t2t.registry import EVAL_SETS, get_config
+
+        dataset = get_config(cfg["name"]).dataset
+        print(f"  released weights: {cfg['top1']}% top-1 on {EVAL_SETS.get(dataset, dataset)} "
+              f"({cfg.get('top1_source')}); attention scale {cfg.get('qk_scale'):.6g} ({cfg.get('qk_scale_rule')})"
+              + (f"; head: {cfg['head']}" if cfg.get("head") else ""), file=sys.stderr)
     for w in result["worst_classes"][:5]:
         often = ", ".join(f"{m['class']} ({m['images']})" for m in w["mistaken_for"][:3])
         print(f"  worst: {w['class']} {pct(w['top1'])} of {w['images']}" + (f", mistaken for {often}" if often else ""),
@@ -244,7 +249,8 @@ def report(result: dict[str, Any], model: nn.Module) -> None:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="registry name (python -m t2t list)")
     p.add_argument("--weights", default="released",
-                   help="released (ImageNet-1k, EMA when the checkpoint has it), embedded, random, or a path/URL")
+                   help="released (the name's release: ImageNet-1k or CIFAR; EMA when the checkpoint has it), "
+                   "embedded, random, or a path/URL")
     p.add_argument("--data", required=True, help="class folder (sub-folders by WordNet id, index or class name) "
                    "or a file list of 'path label' lines")
     p.add_argument("--out", default=None, help="result JSON (top1, top5, loss, per class, ...)")
@@ -256,6 +262,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto = this rank's GPU, else mps, else cpu")
     p.add_argument("--no-ema", action="store_true", help="load the checkpoint's state_dict, not its EMA weights")
     p.add_argument("--crop-pct", type=float, default=None, help="override the model's centre-crop fraction")
+    p.add_argument("--cls-head-only", action="store_true",
+                   help="t2t_vit_24_token_labeling: the class-token head alone, without TokenLabeling's auxiliary "
+                   "token head (default: both, as TokenLabeling evaluates, when the file has aux_head.*)")
     p.add_argument("--img-size", type=int, default=None,
                    help="run the model at this input size (a multiple of 16; position embeddings resized)")
     p.add_argument("--amp", action="store_true",

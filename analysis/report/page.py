@@ -53,12 +53,16 @@ def write_html(report: dict[str, Any], out: Path, embed: bool) -> Path:
              + (f" &middot; {run['world_size']} processes ({', '.join(map(str, run['images_per_rank']))} files each)"
                 if run.get("world_size", 1) > 1 else "") + "</p>",
              f"<p class=cmd><code>{esc(report['command'])}</code></p>", "<h2>Models</h2><table><tr><th>model</th>"
-             "<th>weights</th><th>blocks</th><th>params</th><th>input</th><th>test acc (card)</th></tr>"]
+             "<th>weights</th><th>trained on</th><th>attention scale</th><th>blocks</th><th>params</th><th>input</th>"
+             "<th>test acc (card)</th></tr>"]
     for m in report["models"]:
         acc = f"{m['test_acc']:.2%}" if m.get("test_acc") is not None else ""
         key = f" ({esc(m['state_dict_key'])})" if m.get("state_dict_key") else ""
-        parts.append(f"<tr><td>{esc(m['name'])}</td><td>{esc(str(m['weights']))}{key}</td><td>{m['num_blocks']}</td>"
-                     f"<td>{m['params']:,}</td><td>{m['img_size']} px, crop {m['crop_pct']}</td><td>{acc}</td></tr>")
+        scale = f"{m['qk_scale']:.4g}" if m.get("qk_scale") else ""
+        parts.append(f"<tr><td>{esc(m['name'])}</td><td>{esc(str(m['weights']))}{key}</td>"
+                     f"<td>{esc(str(m.get('dataset') or 'untrained'))}</td><td>{scale}</td><td>{m['num_blocks']}</td>"
+                     f"<td>{m['params']:,}</td><td>{m['img_size']} px, crop {m['crop_pct']}, "
+                     f"{esc(str(m.get('interpolation', 'bicubic')))}</td><td>{acc}</td></tr>")
     parts.append("</table>")
 
     summary = report["summary"]

@@ -34,6 +34,28 @@ def test_embedded_model_reaches_its_stated_accuracy(name):
     assert accuracy >= stated - 3 * math.sqrt(stated * (1 - stated) / SAMPLE), (accuracy, stated)
 
 
+def test_embedded_models_load_at_the_attention_scale_they_were_trained_with():
+    # T2T-ViT-7 was trained at embed_dim ** -0.5 = 1/16, before the registry default became head_dim ** -0.5
+    card = json.loads(embedded_files("t2t_vit_7")[1].read_text())
+    assert card["qk_scale"] == 1 / 16 and card["recipe"]["qk_scale"] == 1 / 16
+    assert "--qk-scale 0.0625" in card["command"]
+    model = t2t.create_model("t2t_vit_7", pretrained="embedded")
+    assert all(b.attn.scale == 1 / 16 for b in model.blocks) and model.default_cfg["qk_scale"] == 1 / 16
+    assert "model card" in model.default_cfg["qk_scale_rule"]
+    assert t2t.load_model("t2t_vit_7", "embedded").default_cfg["qk_scale"] == 1 / 16  # the one loader too
+    deit = t2t.create_model("deit_tiny_patch16_224", pretrained="embedded")
+    assert deit.default_cfg["qk_scale"] == 64**-0.5 == json.loads(embedded_files("deit_tiny_patch16_224")[1]
+                                                                    .read_text())["qk_scale"]
+    # the card's scale is the one its accuracy needs: at the registry's 0.125 the same weights do worse
+    data = LocalStructureDataset("test", size=SAMPLE, img_size=card["img_size"])
+    images, labels = zip(*(data[i] for i in range(SAMPLE)))
+    other = t2t.create_model("t2t_vit_7", pretrained="embedded", qk_scale=0.125)
+    with torch.no_grad():
+        acc = [(torch.cat([m(torch.stack(images[i:i + 50])) for i in range(0, SAMPLE, 50)]).argmax(-1)
+                == torch.tensor(labels)).float().mean().item() for m in (model, other)]
+    assert acc[0] > acc[1] + 0.02, acc
+
+
 def test_t2t_vit_7_meets_the_target_and_the_vit_is_reported():
     cards = {n: json.loads(embedded_files(n)[1].read_text()) for n in EMBEDDED}
     assert cards["t2t_vit_7"]["test_acc"] >= 0.95

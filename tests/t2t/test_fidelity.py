@@ -51,10 +51,15 @@ def test_state_dict_names_and_shapes_are_official(case):
     assert sum(v.numel() for v in model.state_dict().values()) == meta["num_params"]
 
 
-def test_default_attention_scale_is_the_released_one(case):
+def test_default_attention_scale_is_the_official_evaluations(case):
+    # the references were rebuilt with the scale main.py --eval_checkpoint uses: head_dim ** -0.5
     meta, _, model = case
+    head_dim = model.embed_dim // model.blocks[0].attn.num_heads
     if "qk_scale" in meta:
-        assert model.blocks[0].attn.scale == pytest.approx(meta["qk_scale"])
+        assert meta["qk_scale_rule"].startswith("head_dim ** -0.5") and meta["qk_scale"] == head_dim**-0.5
+    assert all(b.attn.scale == pytest.approx(head_dim**-0.5) for b in model.blocks)
+    assert model.default_cfg["qk_scale"] == pytest.approx(head_dim**-0.5)
+    assert model.default_cfg["qk_scale_rule"] == "head_dim ** -0.5"
 
 
 def test_every_traced_tensor_matches(case):

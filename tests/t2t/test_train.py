@@ -151,11 +151,34 @@ def test_trains_a_registry_model_and_the_loader_reads_the_card(tmp_path):
     if not hasattr(t2t, "create_model"):
         pytest.skip("t2t.create_model not available yet")
     final = train(parse_args(shlex.split(
-        f"{TINY} --model t2t_vit_7 --steps 2 --eval-every 2 --out {tmp_path / 'real'}")))
+        f"{TINY} --model t2t_vit_7 --steps 2 --eval-every 2 --qk-scale 0.0625 --out {tmp_path / 'real'}")))
     assert np.isfinite(final["test_loss"])
+    # the card records the attention scale trained with, and loading the weights applies it
+    card = json.loads((tmp_path / "real/card.json").read_text())
+    assert card["qk_scale"] == 0.0625 and card["qk_scale_rule"] == "--qk-scale"
+    assert "--qk-scale 0.0625" in card["command"]
+    assert "attention scale | 0.0625" in (tmp_path / "real/model_card.md").read_text()
     model = t2t.create_model("t2t_vit_7", img_size=32, num_classes=len(CLASS_NAMES),
                              pretrained=str(tmp_path / "real/model.safetensors"))
     assert model(torch.zeros(1, 3, 32, 32)).shape == (1, len(CLASS_NAMES))
+    assert model.blocks[0].attn.scale == 0.0625 and "checkpoint metadata" in model.default_cfg["qk_scale_rule"]
+
+
+def test_the_card_records_the_default_scale(tmp_path):
+    import t2t
+
+    train(parse_args(shlex.split(f"{TINY} --model deit_tiny_patch16_224 --steps 1 --eval-every 1 "
+                                 f"--out {tmp_path / 'vit'}")))
+    card = json.loads((tmp_path / "vit/card.json").read_text())
+    assert card["qk_scale"] == 0.125 and card["qk_scale_rule"].startswith("head_dim ** -0.5")
+    model = t2t.create_model("deit_tiny_patch16_224", img_size=32, pretrained=str(tmp_path / "vit/model.safetensors"))
+    assert model.default_cfg["qk_scale"] == 0.125
+
+
+def test_resuming_a_run_from_before_qk_scale_keeps_its_scale(capsys):
+    assert train_mod._scale_before_qk_scale_was_recorded("t2t_vit_14") == 384**-0.5
+    assert "predates --qk-scale" in capsys.readouterr().out
+    assert train_mod._scale_before_qk_scale_was_recorded("deit_tiny_patch16_224") is None
 
 
 def test_rng_state_round_trips_through_a_safe_checkpoint(tmp_path):

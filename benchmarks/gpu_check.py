@@ -14,7 +14,13 @@ call, and a rerun of only what failed on a fresh machine (start again included):
 `run(command="bash benchmarks/gpu_check.sh --budget-s 200 --parts oom pages", carry=[".gpu_wheels"],
 timeout_s=240)`. What comes back under $OUT: gpu_check.json (every number), gpu_check.md (the
 tables for the README) and gpu_check.log (every part's output). The working tree travels too: keep
-tracked files + .gpu_wheels under 64 MiB (`--download` prints the sum).
+tracked files + .gpu_wheels under 64 MiB (`--download` prints the sum: 46.2 + 8.0 = 54.2 MiB when
+written). The wheels are the runtime dependencies the machine's image lacks (KINDS.md's list:
+streamlit, plotly, captum, altair, pydeck and their 11 small needs), at this .venv's versions, for
+CPython 3.12 x86-64, with the browser and notebook assets (streamlit/static, plotly.min.js, pydeck's
+nbextension bundle) left out: AppTest and figure JSON never read them. They were checked to install
+with `pip --no-index` and run AppTest with a plotly chart under a Python 3.12 here; the machine's
+torch (2.11 when last read) is older than the pinned 2.13, which could not be tried here.
 
 Each part runs in its own process with its own time limit (killed with its children when over it;
 results written after every row survive), in this order:
@@ -116,7 +122,8 @@ TINY = Scale(
     report_runs=((EMBEDDED_MODELS, "embedded", 4, False), (EMBEDDED_MODELS, "embedded", 4, True)),
     cpu_subset=6, torchrun_images=6, pairs=(TINY_PAIR,), trace_model="t2t_vit_7", trace_batches=(1,),
     repeats=1, oom_batch=8,
-    limits={"trace": 30, "validate": 60, "torchrun": 60, "pages": 90, "oom": 60})
+    # only against hangs: on a shared 2-core CPU the parts took 4-50 s each, at a load of 4 to 9
+    limits={"trace": 120, "validate": 240, "torchrun": 180, "pages": 240, "oom": 180})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -626,16 +633,24 @@ def part_pages(ctx: Ctx) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
-def fill_gpu(leave_bytes: int) -> Any:
-    """One uint8 tensor taking all free GPU memory but `leave_bytes`."""
+def fill_gpu(leave_bytes: int) -> list[Any]:
+    """uint8 tensors taking all free GPU memory but about `leave_bytes` (0: everything down to the last MiB)."""
     import gc
 
     import torch
 
     gc.collect()
     torch.cuda.empty_cache()  # cached blocks would serve the next allocations: nothing would run out
-    free, _ = torch.cuda.mem_get_info()
-    return torch.empty(max(0, free - leave_bytes), dtype=torch.uint8, device="cuda")
+    blocks: list[Any] = []
+    size = max(0, torch.cuda.mem_get_info()[0] - leave_bytes)
+    while size >= 2**20:
+        try:
+            blocks.append(torch.empty(size, dtype=torch.uint8, device="cuda"))
+        except torch.OutOfMemoryError:  # rounding, fragmentation: take what does fit, in smaller pieces
+            size //= 2
+            continue
+        size = min(size, max(0, torch.cuda.mem_get_info()[0] - leave_bytes))
+    return blocks
 
 
 @contextlib.contextmanager
@@ -729,7 +744,7 @@ def part_oom(ctx: Ctx) -> None:
         leave = 2 * weights + 8 * per16 + 256 * 2**20  # ~128 images fit; the batch of s.oom_batch does not
         filler = fill_gpu(leave)
         res.data["library"] = {"peak_bytes_per_16_images": per16, "left_free_bytes": leave,
-                               "filler_bytes": filler.numel()}
+                               "filler_bytes": sum(t.numel() for t in filler)}
     with simulated_oom(library=True) if simulate else contextlib.nullcontext():
         for what, call in (
             ("validate", lambda: run_validate(ctx, "t2t_vit_7", "embedded", data, s.oom_batch, False, "oom_validate")),
@@ -766,7 +781,7 @@ def part_oom(ctx: Ctx) -> None:
 
     if not simulate:
         torch.ones(64, 64, device="cuda") @ torch.ones(64, 64, device="cuda")  # cuBLAS set up before the filling
-        filler = fill_gpu(2 * 2**20)
+        filler = fill_gpu(0)
     with simulated_oom(library=False) if simulate else contextlib.nullcontext():
         at = AppTest.from_file(str(ROOT / "app" / "main.py"), default_timeout=max(10.0, ctx.left()))
         seconds, state = app_run(at, max(10.0, ctx.left()))
@@ -825,9 +840,9 @@ zipp""".split())
 RUNTIME = ("einops", "safetensors", "numpy", "pillow", "tqdm", "streamlit", "plotly", "matplotlib", "captum")
 # Browser and notebook assets that AppTest and figure JSON never read: left out so the wheels fit the carry limit.
 PRUNE = {"streamlit": ("streamlit/static/",),
-         "plotly": ("plotly/package_data/widgetbundle.js", "plotly/package_data/plotly.min.js", "plotly/labextension/",
-                    "plotly-{version}.data/"),
-         "pydeck": ("pydeck/nbextension/", "pydeck-{version}.data/")}
+         "plotly": ("plotly/package_data/widgetbundle.js", "plotly/package_data/plotly.min.js",
+                    "plotly/labextension/static/", "plotly-{version}.data/"),
+         "pydeck": ("pydeck/nbextension/static/", "pydeck-{version}.data/")}  # pydeck/nbextension/__init__ is imported
 DEVICE_PYTHON = {"python_version": "3.12", "python_full_version": "3.12.3", "sys_platform": "linux",
                  "platform_system": "Linux", "platform_machine": "x86_64", "os_name": "posix",
                  "implementation_name": "cpython", "platform_python_implementation": "CPython", "extra": ""}

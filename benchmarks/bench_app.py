@@ -12,6 +12,14 @@ With the sidebar defaults (embedded models, synthetic images), for each page:
 Targets (issue 12): Explanations 3 s for a new image and 1 s for a widget; every other page 2 s and
 0.5 s. The table gives the medians, the worst runs and median / target (<= 1 meets the target).
 The first visit of each page (and two widget moves) is a warm-up and is not counted.
+
+Each page against its own compute (issue 22): right after each page's runs in the browser (the server
+idle), the work that page needs for each of the same new images (both preprocessings and traces, the
+page's default methods and scores) and for its widget's first move is done directly, one call after
+another, on the app's CPU thread count (`cpu_threads`): benchmarks/_page_compute.py. page / compute
+is the app's own cost (Streamlit, figures, sending them, the browser's drawing) as a multiple of the
+work it cannot skip; page - compute is that cost in seconds. Target: page / compute <= 1.3 for a
+new image on every page.
 """
 
 from __future__ import annotations
@@ -89,7 +97,9 @@ def checked(page, seconds: tuple[float, float], what: str) -> tuple[float, float
 Times = list[tuple[float, float]]  # (drawn, complete) per action
 
 
-def bench(page, pages: list[str], repeats: int) -> list[tuple[PageBench, Times, Times]]:
+def bench(page, pages: list[str], repeats: int, compute: Callable[[str, list[int]], tuple[list[float], list[float]]],
+          ) -> list[tuple[str, PageBench, Times, Times, tuple[list[float], list[float]]]]:
+    """Each page in the browser, then (the server idle) the same work done directly on the same images."""
     example = 100  # synthetic examples 100.. are never the default image
     rows = []
     here = DEFAULT_PAGE  # the page the browser shows (opening it again would start no run to time)
@@ -101,15 +111,18 @@ def bench(page, pages: list[str], repeats: int) -> list[tuple[PageBench, Times, 
             checked(page, timed(page, lambda i=i, pb=pb: pb.move(page, i)), f"{pb.widget} on {name}")
         new_image: Times = []
         widget: Times = []
+        examples: list[int] = []
         for _ in range(repeats):
             new_image.append(checked(page, timed(page, lambda e=example: set_number(page, "synthetic_example", e)),
                                      f"new image on {name}"))
+            examples.append(example)
             example += 1
             for i in range(2):
                 widget.append(checked(page, timed(page, lambda i=i, pb=pb: pb.move(page, i)),
                                       f"{pb.widget} on {name}"))
         wait_quiet(page)
-        rows.append((pb, new_image, widget))
+        direct = compute(name, examples)  # right after the page's own runs: the same moment's machine
+        rows.append((name, pb, new_image, widget, direct))
         ni, wi = summary(new_image), summary(widget)
         print(f"{name:13s} first visit {first[1]:6.2f} s   new image drawn {ni[0]:5.2f} s, complete {ni[1]:5.2f} s "
               f"(max {ni[2]:.2f})   widget drawn {wi[0]:5.2f} s, complete {wi[1]:5.2f} s (max {wi[2]:.2f})  "
@@ -117,6 +130,7 @@ def bench(page, pages: list[str], repeats: int) -> list[tuple[PageBench, Times, 
         # the widget's first move after a new image may compute something new, the move back not
         print(f"{'':13s} complete, s: new image {fmt(new_image)}; widget, first move {fmt(widget[0::2])}, "
               f"move back {fmt(widget[1::2])}", flush=True)
+        print(f"{'':13s} compute, s: new image {fmt1(direct[0])}; widget, first move {fmt1(direct[1])}", flush=True)
     return rows
 
 
@@ -141,6 +155,7 @@ def main() -> None:
     from playwright.sync_api import sync_playwright
 
     from app.device import cpu_threads
+    from benchmarks._page_compute import compute_seconds, load_pair
 
     print(f"torch {torch.__version__} on {'cuda' if torch.cuda.is_available() else 'cpu'}, {os.cpu_count()} cores, "
           f"the app computes with {cpu_threads()} CPU thread(s) ($T2T_LENS_THREADS to change), "
@@ -151,7 +166,8 @@ def main() -> None:
         page = open_page(browser, f"http://127.0.0.1:{args.port}")
         print(f"cold start (load both models, first trace, page 1, in the browser): "
               f"{time.perf_counter() - start:.2f} s", flush=True)
-        rows = bench(page, args.pages, args.repeats)
+        models = load_pair()
+        rows = bench(page, args.pages, args.repeats, lambda name, examples: compute_seconds(name, examples, models))
         browser.close()
     print(f"load average after {os.getloadavg()[0]:.1f}")
     print("\nSeconds, medians (max: the slowest complete run); drawn: the run is over and painted, complete: "
@@ -161,12 +177,34 @@ def main() -> None:
     print("\n| page | new image drawn | new image complete | max | / target | widget first move | move back | max "
           "| / target | widget |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    for pb, new_image, widget in rows:
+    for _, pb, new_image, widget, _ in rows:
         ni, first, back = summary(new_image), summary(widget[0::2]), summary(widget[1::2])
         worst = max(first[1], back[1])
         print(f"| {pb.url_path} | {ni[0]:.2f} | {ni[1]:.2f} | {ni[2]:.2f} | {ni[1] / pb.new_image_target:.2f} "
               f"(of {pb.new_image_target:g} s) | {first[1]:.2f} | {back[1]:.2f} | {max(first[2], back[2]):.2f} | "
               f"{worst / pb.widget_target:.2f} (of {pb.widget_target:g} s) | {pb.widget} |")
+
+    print("\nEach page against its own compute (issue 22): the page's complete median over the median of the "
+          "same work done directly (the page's compute functions on the same images, one after another, "
+          f"{cpu_threads()} thread(s)); overhead = page - compute: Streamlit, figures, sending them, the browser. "
+          "Target: new image / compute <= 1.3.")
+    print("\n| page | new image | compute | page / compute | overhead | widget first move | compute | "
+          "page / compute | overhead | widget |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name, pb, new_image, widget, direct in rows:
+        ni, first = summary(new_image)[1], summary(widget[0::2])[1]
+        ci, cw = statistics.median(direct[0]), statistics.median(direct[1])
+        print(f"| {name} | {ni:.2f} | {ci:.2f} | {ratio(ni, ci)} | {ni - ci:.2f} | {first:.2f} | {cw:.2f} | "
+              f"{ratio(first, cw)} | {first - cw:.2f} | {pb.widget} |")
+
+
+def fmt1(seconds: list[float]) -> str:
+    return " ".join(f"{t:.2f}" for t in seconds)
+
+
+def ratio(page: float, compute: float) -> str:
+    """page / compute, or "-" when the widget computes (next to) nothing: its whole time is overhead."""
+    return f"{page / compute:.2f}" if compute >= 0.01 else "-"
 
 
 if __name__ == "__main__":

@@ -2,19 +2,31 @@
 
 Owns: which URL parameter holds which widget's session-state key and how its text is parsed
 (`COMMON_PARAMS` on every page, `PAGE_PARAMS` per page, `_decode` / `_encode` per kind),
-`restore_from_url` (a session's first run) and `write_to_url` (every run). A new page adds its
-parameters to `PAGE_PARAMS` under its st.Page url_path; a new kind of value adds a branch to
-`_decode` and `_encode`. A malformed value is skipped here, and pages clamp numbers that are out of
-range for the models in use, so no link can break a page.
+`restore_from_url` (a session's first run), `link_notices` (after that run's page: what the page
+could not show as the link asked) and `write_to_url` (every run). A new page adds its parameters to
+`PAGE_PARAMS` under its st.Page url_path (and its fixed ranges to `RANGES`); a new kind of value adds
+a branch to `_decode` and `_encode`.
 
-May import: app.images (image sources, synthetic class names), streamlit.
+A link is input from anyone: every value is checked here (type, finite, range, length, the model
+names of the registry, and the weight sources this session's mode allows: a link can never widen
+them), a refused value is named in a notice and the widget keeps its default; pages clamp numbers
+that are out of range for the models in use, and `link_notices` says so; a first run that fails all
+the same is run again without the link's values (main.py, `forget_link`).
+
+May import: app.access, app.models, app.images (image sources, synthetic class names), streamlit, t2t.
 """
 
 from __future__ import annotations
 
+import math
+
 import streamlit as st
 
+import t2t
+from app.access import session_mode
 from app.images import IMAGE_SOURCES, synthetic_class_names
+from app.models import T2T_DEFAULT, VIT_DEFAULT, weight_sources
+from t2t.images import sample_images
 
 # Each URL parameter names one widget's session-state key and how its value is written. The common
 # ones (models, weights, image, presentation mode) are on every page, the others on their page only.
@@ -44,28 +56,88 @@ PAGE_PARAMS = {  # st.Page url_path -> parameters of that page
 }
 
 
-def _decode(kind: str, text: str) -> object:
-    """A URL parameter's text as the widget value; raises ValueError for a malformed one."""
+# Fixed ranges of the pages' widgets (a page that changes one changes it here); every other whole number
+# (blocks, heads, tokens) must be 0 to MAX_INDEX, and the pages clamp it to the models in use.
+RANGES: dict[str, tuple[float, float]] = {"ex": (0, 999), "steps": (4, 20), "discard": (0.0, 0.95),
+                                          "thr": (0.02, 0.5)}
+MAX_INDEX = 10_000
+MAX_TEXT = 100  # characters of a text value (names, steps, methods)
+MAX_ITEMS = 20  # entries of a list value
+
+
+class LinkError(ValueError):
+    """A link value that cannot be used; the message says why, for the notice."""
+
+
+def _number(text: str, name: str, kind: type) -> float:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise LinkError(f"not a {'whole number' if kind is int else 'number'}") from None
+    lo, hi = RANGES.get(name, (0, MAX_INDEX))
+    if not math.isfinite(value):
+        raise LinkError("not a finite number")
+    if not lo <= value <= hi:
+        raise LinkError(f"outside {lo:g} to {hi:g}")
+    return value
+
+
+def _decode(kind: str, text: str, name: str = "") -> object:
+    """A URL parameter's text as the widget value; raises LinkError (a ValueError) saying what is wrong."""
+    if len(text) > MAX_TEXT:
+        raise LinkError(f"{len(text)} characters, more than {MAX_TEXT}")
     if kind == "int":
-        return int(text)
+        return int(_number(text, name, int))
     if kind == "float":
-        return float(text)
+        return float(_number(text, name, float))
     if kind == "bool":
         if text not in ("0", "1"):
-            raise ValueError(text)
+            raise LinkError("not 0 or 1")
         return text == "1"
     if kind == "head":
-        return "mean" if text == "mean" else int(text)
+        return "mean" if text == "mean" else int(_number(text, name, int))
     if kind == "list":
-        return [v for v in text.split(",") if v]
+        items = [v for v in text.split(",") if v]
+        if len(items) > MAX_ITEMS:
+            raise LinkError(f"{len(items)} entries, more than {MAX_ITEMS}")
+        return items
     if kind == "pair":
-        r, c = text.split(",")
-        return int(r), int(c)
+        parts = text.split(",")
+        if len(parts) != 2:
+            raise LinkError("not two whole numbers (row,column)")
+        return int(_number(parts[0], name, int)), int(_number(parts[1], name, int))
     if kind == "source":
-        return {v: k for k, v in IMAGE_SOURCE_PARAM.items()}[text]
+        sources = {v: k for k, v in IMAGE_SOURCE_PARAM.items()}
+        if text not in sources:
+            raise LinkError(f"not one of {', '.join(sources)}")
+        return sources[text]
     if kind == "shape":
+        if text not in synthetic_class_names():
+            raise LinkError("not a shape class")
         return synthetic_class_names().index(text)
     return text
+
+
+def _check(name: str, value: object, query: dict[str, str]) -> None:
+    """Checks that need more than the value: model names, weight sources (this session's mode), photos."""
+    if name in ("t2t", "vit") and value not in t2t.list_models(name):
+        raise LinkError(f"not a {'T2T-ViT' if name == 't2t' else 'ViT'} model of the registry")
+    if name in ("t2t_w", "vit_w"):
+        model = query.get(name[:-2], T2T_DEFAULT if name == "t2t_w" else VIT_DEFAULT)
+        mode = session_mode()
+        if value not in mode.sources:
+            raise LinkError(f"not a weight source of this session ({mode.mode} mode: {mode.reason}); "
+                            "a link cannot add one")
+        if model in t2t.list_models() and value not in weight_sources(model, mode):
+            raise LinkError(f"not offered for {model}")
+    if name == "photo" and value not in sample_images():
+        raise LinkError("not a sample photo")
+
+
+def _shown(text: str) -> str:
+    """A link value as a notice quotes it: at most 40 characters, and nothing Markdown would format."""
+    short = text if len(text) <= 40 else text[:40] + f"… ({len(text)} characters)"
+    return "`" + short.replace("`", "'").replace("\n", " ") + "`"
 
 
 def _encode(kind: str, value: object) -> str:
@@ -88,28 +160,64 @@ def _params(url_path: str) -> tuple:
     return COMMON_PARAMS + PAGE_PARAMS.get(url_path or "tokens", ())
 
 
-def restore_from_url(url_path: str) -> None:
+_ASKED = "_link_asked"  # session-state keys a link set, and the values it asked for
+_NOTICES = "_link_notices"
+
+
+def restore_from_url(url_path: str) -> list[str]:
     """At a session's first run, set the widgets' session state from the link it was opened with.
 
-    A malformed or unknown value is skipped (the widget keeps its default); the pages clamp
-    numbers that are out of range for the models in use.
-    """
+    Returns a notice per value refused (the widget keeps its default). What the link set is kept
+    for `link_notices`, which compares it with what the page showed."""
+    notices: list[str] = st.session_state.pop(_NOTICES, [])  # left by a first run that failed (main.py)
     if st.session_state.get("_url_restored"):
-        return
+        return notices
     st.session_state["_url_restored"] = True
-    query = st.query_params
+    query = st.query_params.to_dict()
+    asked: dict[str, tuple[str, object]] = {}
     for name, key, kind in _params(url_path):
         if name not in query:
             continue
         try:
-            value = _decode(kind, query[name])
-        except (ValueError, KeyError, IndexError):
+            value = _decode(kind, query[name], name)
+            _check(name, value, query)
+        except (LinkError, ValueError, KeyError, IndexError) as err:
+            notices.append(f"The link's `{name}` value {_shown(query[name])} was not used: {err}.")
             continue
-        if isinstance(key, tuple):
-            for k, v in zip(key, value, strict=True):  # type: ignore[call-overload]
-                st.session_state[k] = v
-        else:
-            st.session_state[key] = value
+        pairs = zip(key, value, strict=True) if isinstance(key, tuple) else [(key, value)]  # type: ignore[call-overload]
+        for k, v in pairs:
+            st.session_state[k] = v
+            asked[k] = (name, v)
+    st.session_state[_ASKED] = asked
+    return notices
+
+
+def link_notices() -> list[str]:
+    """After the first run's page: a notice for each value the link set that the page changed (a token
+    or block that does not exist in the models in use, an unknown method...). Empty after that run."""
+    asked = st.session_state.pop(_ASKED, None) or {}
+    changed: dict[str, list[str]] = {}
+    for key, (name, value) in asked.items():
+        if key in st.session_state and st.session_state[key] != value:
+            changed.setdefault(name, []).append(str(st.session_state[key]))
+    query = st.query_params.to_dict()
+    return [f"The link's `{name}` value {_shown(query.get(name, ''))} does not exist here: showing "
+            f"{_shown(','.join(now))} instead." for name, now in changed.items()]
+
+
+def link_pending() -> bool:
+    """True in a session's first run when its link set values (until `link_notices` has looked at them)."""
+    return bool(st.session_state.get(_ASKED))
+
+
+def forget_link(url_path: str, why: BaseException) -> None:
+    """After a first run that failed on the link's values: drop them (the widgets take their defaults) and
+    leave a notice for the next run (main.py reruns)."""
+    for k in (st.session_state.pop(_ASKED, None) or {}):
+        st.session_state.pop(k, None)
+    st.session_state[_NOTICES] = [f"This link's view could not be shown ({type(why).__name__}: "
+                                  f"{_shown(str(why))}); showing the default view instead."]
+    st.query_params.clear()
 
 
 def write_to_url(url_path: str) -> None:

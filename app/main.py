@@ -1,6 +1,8 @@
 """t2t-lens: see inside Tokens-to-Token ViT and compare it with ViT.
 
 Run from the repository root:  streamlit run app/main.py
+Serve a class:                 streamlit run app/main.py -- --classroom [--allow-checkpoint-uploads MB]
+                                   [--preload NAME,NAME]     (README, "Serving a class"; app/access.py)
 
 This script draws the sidebar shared by every page (model pair, device, image, preprocessing),
 stores what it chose as a `Context` in session state, then runs the page picked in the
@@ -12,7 +14,8 @@ down this list, checked by tests/app/test_layers.py):
     main.py          this script: the page list (names and URLs), the order of a run
     views/N_*.py     the pages: widgets, cached library calls, figures, the sentence from the numbers
     sidebar.py       the sidebar: device, model pair and image pickers, preprocessing; builds the Context
-    links.py         lesson links: URL query parameters <-> widget state (add a page's parameters here)
+    links.py         lesson links: URL query parameters <-> widget state (add a page's parameters here),
+                     every value checked: a link never breaks a page nor widens the weight sources
     widgets.py       Streamlit pieces: `show` a figure, click callbacks, texts, outside-the-classes notices
     charts.py        plotly mosaics and data charts (top-k, depth, heads, CKA matrix, strips)
     figures.py       plotly image figures, overlays, token pickers, grid geometry, PNG encoding
@@ -22,7 +25,8 @@ down this list, checked by tests/app/test_layers.py):
     images.py        `ImageChoice`: uploads, sample photos, synthetic shapes
     jobs.py          the byte cache (`memo`), the fair queues, waiting for results, progress bars
     device.py        the device, CPU threads, GPU out-of-memory -> CPU fall-back (`guarded`)
-    _cache.py        ByteCache and FairQueue themselves (no Streamlit)
+    access.py        start-up options (--classroom ...), local or classroom session: who gets which source
+    _cache.py        ByteCache, FairQueue and ModelCache themselves (no Streamlit)
 """
 
 from __future__ import annotations
@@ -37,12 +41,17 @@ if str(ROOT) not in sys.path:  # `streamlit run app/main.py` puts app/ on the pa
 import streamlit as st  # noqa: E402
 
 # charts, explanations, figures, widgets: the pages' own modules, imported at start-up like the rest
-from app import charts, explanations, figures, jobs, widgets  # noqa: E402, F401
+from app import charts, explanations, figures, jobs, links, models, widgets  # noqa: E402, F401
+from app.access import server_options  # noqa: E402
 from app.compute import CTX_KEY  # noqa: E402
-from app.links import restore_from_url, write_to_url  # noqa: E402
 from app.sidebar import sidebar  # noqa: E402
 
 jobs.import_page_modules()  # once per process, before any page runs: sessions are threads of one process
+
+
+# --preload NAME,NAME (or $T2T_LENS_PRELOAD): loaded in the background once per process, from the first
+# page view on (the teacher's, before the class comes), so the students' first runs find them loaded.
+models.preload_in_background(server_options().preload)
 
 # A lesson link with present=1 opens in presentation mode, the sidebar folded away.
 st.set_page_config(page_title="t2t-lens", page_icon=":material/grid_on:", layout="wide",
@@ -64,12 +73,24 @@ PAGES = [
 
 page = st.navigation(PAGES)
 jobs.new_run()
-restore_from_url(page.url_path)
-context, messages = sidebar()
-st.session_state[CTX_KEY] = context
-for message in messages:
-    st.warning(message)
-page.run()
-write_to_url(page.url_path)
+notices = links.restore_from_url(page.url_path)
+link_slot = st.empty()  # what the link asked for and could not get: above the page, filled before and after it
+if notices:
+    link_slot.warning("\n\n".join(notices))
+try:
+    context, messages = sidebar()
+    st.session_state[CTX_KEY] = context
+    for message in messages:
+        st.warning(message)
+    page.run()
+except Exception as err:  # only a first run with a link's values is caught: its values are dropped, run again
+    if not links.link_pending():
+        raise
+    links.forget_link(page.url_path, err)
+    st.rerun()
+notices += links.link_notices()
+if notices:
+    link_slot.warning("\n\n".join(notices))
+links.write_to_url(page.url_path)
 jobs.finish_run()  # results of this run's quick background jobs, drawn in their places
 jobs.return_free_memory()

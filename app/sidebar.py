@@ -6,18 +6,23 @@ from `models.weight_sources`), `image_picker` (synthetic shape, sample photo, up
 preprocessing expander, presentation mode and the notices shown above the page (untrained weights,
 an unusable checkpoint or upload, an upsampled image).
 
-May import: app.compute (`Context`), app.models, app.images, app.jobs, app.device, streamlit, t2t.
+The session's mode (app/access.py: local or classroom) decides which weight sources are offered;
+the Models expander says which mode this is and why the other sources are missing.
+
+May import: app.access, app.compute (`Context`), app.models, app.images, app.jobs, app.device, streamlit, t2t.
 """
 
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import streamlit as st
 import torch
 from PIL import Image, ImageDraw
 
 import t2t
+from app.access import SessionMode, session_mode
 from app.compute import Context
 from app.device import configure_threads, device_name
 from app.images import (
@@ -40,6 +45,8 @@ from app.models import (
     UNTRAINED_NOTICE,
     VIT_DEFAULT,
     LoadedModel,
+    ModelTooLarge,
+    UploadRefused,
     default_source,
     resolve_model,
     save_checkpoint_upload,
@@ -65,7 +72,43 @@ def device_picker() -> str:
 EMA_LABEL = "use EMA weights (state_dict_ema) when present"
 
 
-def model_picker(role: str, family: str, default: str, device: str) -> tuple[LoadedModel, list[str]]:
+MISSING = {"path": "a checkpoint file on this machine", "url": "a checkpoint URL", "upload": "checkpoint uploads"}
+
+
+def mode_caption(mode: SessionMode) -> None:
+    """Which mode this session is in, why, and what that leaves out."""
+    if mode.local:
+        st.caption(f"**Local mode**: {mode.reason}. Every weight source.")
+        return
+    missing = [MISSING[s] for s in MISSING if s not in mode.sources]
+    upload = (f" Checkpoint uploads up to {mode.checkpoint_upload_bytes // 2**20} MB."
+              if "upload" in mode.sources else "")
+    st.caption(f"**Classroom mode**: {mode.reason}. Weights: project-trained, released, random.{upload} "
+               f"Not offered: {', '.join(missing)} (only in a browser on the server's own machine, and not with "
+               "--classroom).")
+
+
+def checkpoint_upload(role: str, mode: SessionMode) -> str:
+    """The path of an uploaded checkpoint saved on the server ("" when none, or when it was refused)."""
+    cap = mode.checkpoint_upload_bytes
+    file = st.file_uploader("Checkpoint file", type=CHECKPOINT_TYPES, key=f"{role}_ckpt",
+                            max_upload_size=max(1, cap // 2**20) if cap else None,
+                            help=f"At most {cap // 2**20} MB." if cap else None)
+    if file is None:
+        return ""
+    cache = st.session_state.setdefault("_ckpt_paths", {})
+    path = cache.get(file.file_id)
+    if path is None or not Path(path).exists():  # new, or removed from the upload folder since
+        try:
+            path = cache[file.file_id] = save_checkpoint_upload(file.name, file.getvalue(), cap)
+        except UploadRefused as err:
+            st.error(f"{err}: not used.")
+            return ""
+    return path
+
+
+def model_picker(role: str, family: str, default: str, device: str,
+                 mode: SessionMode | None = None) -> tuple[LoadedModel, list[str]]:
     """Name and weights of one model of the pair; returns it and main-area notices.
 
     The weights box offers only what exists for the chosen model, so it can never read
@@ -77,7 +120,8 @@ def model_picker(role: str, family: str, default: str, device: str) -> tuple[Loa
     if st.session_state[f"{role}_name"] not in names:
         st.session_state[f"{role}_name"] = default
     name = st.selectbox(f"{role} model", names, key=f"{role}_name")
-    sources = weight_sources(name)
+    mode = mode or session_mode()
+    sources = weight_sources(name, mode)
     if st.session_state.get(f"{role}_source") not in sources:
         st.session_state[f"{role}_source"] = default_source(name)
     source = st.selectbox(f"{role} weights", sources, format_func=SOURCE_LABELS.__getitem__, key=f"{role}_source")
@@ -87,12 +131,7 @@ def model_picker(role: str, family: str, default: str, device: str) -> tuple[Loa
     elif source == "url":
         location = st.text_input("Checkpoint URL (http/https)", key=f"{role}_url")
     elif source == "upload":
-        file = st.file_uploader("Checkpoint file", type=CHECKPOINT_TYPES, key=f"{role}_ckpt")
-        if file is not None:
-            cache = st.session_state.setdefault("_ckpt_paths", {})
-            if file.file_id not in cache:
-                cache[file.file_id] = save_checkpoint_upload(file.name, file.getvalue())
-            location = cache[file.file_id]
+        location = checkpoint_upload(role, mode)
     elif source == "released":
         st.caption(f"Downloads once from {t2t.get_config(name).url or '(none: this model has no release)'}")
     use_ema = True
@@ -108,7 +147,11 @@ def model_picker(role: str, family: str, default: str, device: str) -> tuple[Loa
         st.caption(f"No project-trained weights for {name} yet: {UNTRAINED_NOTICE}.")
     if source in CHECKPOINT_SOURCES and not location.strip():
         st.caption("No checkpoint given yet: using the default weights.")
-    lm, error = resolve_model(role, name, source, location, device, use_ema)
+    try:
+        lm, error = resolve_model(role, name, source, location, device, use_ema, mode)
+    except ModelTooLarge as err:  # not even the default model fits: the server's budget is set too low
+        st.error(f"{role}: {err}. Ask whoever runs this server to raise T2T_LENS_MODEL_MB.")
+        st.stop()
     if error:
         first, _, details = error.partition("\n")
         st.error(first)
@@ -239,9 +282,11 @@ def sidebar() -> tuple[Context, list[str]]:
         if st.session_state.get("present"):
             st.markdown(PRESENTATION_CSS, unsafe_allow_html=True)
         device = device_picker()
+        mode = session_mode()
         with st.expander("Models", expanded=True):
-            t2t_model, n1 = model_picker("T2T-ViT", "t2t", T2T_DEFAULT, device)
-            vit_model, n2 = model_picker("ViT", "vit", VIT_DEFAULT, device)
+            mode_caption(mode)
+            t2t_model, n1 = model_picker("T2T-ViT", "t2t", T2T_DEFAULT, device, mode)
+            vit_model, n2 = model_picker("ViT", "vit", VIT_DEFAULT, device, mode)
         st.subheader("Image")
         image, n3 = image_picker()
         st.image(thumbnail(image.key, image.image), caption=image.label, width=160)

@@ -617,6 +617,7 @@ def _save(model: torch.nn.Module, path: Path) -> Path:
     return path
 
 
+@pytest.mark.usefixtures("local_session")  # a path and uploads: a browser on the server's machine
 def test_checkpoint_that_does_not_fit_gives_a_clear_message(tmp_path: Path) -> None:
     vit_weights = _save(t2t.create_model("deit_tiny_patch16_224", num_classes=10), tmp_path / "deit.safetensors")
     at = run()
@@ -633,6 +634,7 @@ def test_checkpoint_that_does_not_fit_gives_a_clear_message(tmp_path: Path) -> N
     assert "pick_split0" in charts(at)
 
 
+@pytest.mark.usefixtures("local_session")  # a path and uploads: a browser on the server's machine
 def test_uploaded_checkpoints(tmp_path: Path) -> None:
     at = run()
     at.selectbox(key="ViT_source").set_value("upload")
@@ -681,6 +683,7 @@ def test_out_of_memory_falls_back_to_the_cpu() -> None:
 # ----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("local_session")  # a path and uploads: a browser on the server's machine
 def test_ema_checkbox_and_the_dictionary_loaded(tmp_path: Path) -> None:
     torch.manual_seed(2)
     raw, ema = (t2t.create_model("deit_tiny_patch16_224", num_classes=10) for _ in range(2))

@@ -361,7 +361,7 @@ class PruningCurve:
     """Accuracy as heads are knocked out cumulatively, least important first.
 
     order: the L * H heads in removal order; importance: (L, H) mean logit drop on the ranking batch;
-    removed: (K,) heads knocked out at each point (0 .. L * H); correct: (K, N) bool per image;
+    removed: (K,) heads knocked out at each point (default 0 .. L * H); correct: (K, N) bool per image;
     accuracy, ci_low, ci_high: (K,) accuracy and its percentile-bootstrap interval over images;
     removable: how many heads go before accuracy first falls more than `tolerance` below the
     intact model's; removable_ci: (lo, hi) that count's bootstrap interval.
@@ -409,6 +409,7 @@ def pruning_curve(
     n_boot: int = 1000,
     seed: int = 0,
     batch_size: int = 64,
+    counts: Sequence[int] | None = None,
 ) -> PruningCurve:
     """Accuracy on labelled (N, 3, S, S) `images` as the backbone's heads are knocked out one more at
     a time, least important first, with 95% bootstrap intervals over images.
@@ -416,7 +417,9 @@ def pruning_curve(
     Importance is measured on a separate batch, `rank_images` (and their `rank_labels`; default the
     predicted classes): the mean over it of each head's `head_importance` logit drop. Each point of
     the curve runs only the blocks from the first knocked-out block on (the earlier blocks' output
-    is kept from the intact run), `batch_size` images at a time.
+    is kept from the intact run), `batch_size` images at a time. counts: the numbers of heads knocked
+    out at which accuracy is measured (default every one, 0 .. L * H); `removable` is then the largest
+    measured count before the first measured failure.
     """
     if images.ndim != 4 or labels.shape != (images.shape[0],):
         raise ValueError(f"images (N, 3, S, S) and labels (N,) expected, got {tuple(images.shape)} and "
@@ -432,16 +435,19 @@ def pruning_curve(
     order_idx = sorted(range(len(flat)), key=lambda i: (float(flat[i]), i))  # least important first, ties by index
     order = [divmod(i, num_heads(model)) for i in order_idx]
 
-    k = len(order) + 1
+    removed = np.array(sorted({0, *(range(len(order) + 1) if counts is None else counts)}))
+    if removed[-1] > len(order) or removed[0] < 0:
+        raise ValueError(f"counts must lie in 0..{len(order)}, got {list(counts or [])}")
+    k = len(removed)
     correct = torch.zeros(k, len(images), dtype=torch.bool)
-    first_block = [min(b for b, _ in order[:j]) if j else len(model.blocks) for j in range(k)]
+    first_block = [min(b for b, _ in order[:j]) if j else len(model.blocks) for j in removed]
     labels = labels.to(images.device)
     for start in range(0, len(images), batch_size):
         x, y = images[start:start + batch_size], labels[start:start + batch_size]
         inputs, logits = _block_inputs(model, x)
         correct[0, start:start + len(x)] = (logits.argmax(dim=-1) == y).cpu()
         for j in range(1, k):
-            with knocked_out(model, order[:j], mode=mode, reference=means):
+            with knocked_out(model, order[:removed[j]], mode=mode, reference=means):
                 out = _run_from(model, inputs[first_block[j]], first_block[j])
             correct[j, start:start + len(x)] = (out.argmax(dim=-1) == y).cpu()
 
@@ -450,7 +456,6 @@ def pruning_curve(
     rng = np.random.default_rng(seed)
     per_image = correct.T.numpy().astype(np.float64)  # (N, K)
     acc, lo, hi = bootstrap_mean(per_image, n_boot=n_boot, rng=rng)
-    removed = np.arange(k)
     idx = rng.integers(0, len(images), (n_boot, len(images)))
     boot_removable = removable_heads(per_image[idx].mean(axis=1), removed, tolerance)
     return PruningCurve(

@@ -45,6 +45,7 @@ class Options:
     ig_steps: int = 16
     faithfulness_steps: int = 10
     faithfulness_baseline: str = "blur"
+    knockouts: bool = False  # each model's head-importance grid per image (analysis.knockout)
 
     def maps(self) -> list[str]:
         """Names of the token-grid maps computed, in display order."""
@@ -62,8 +63,11 @@ def analyse_batch(model: nn.Module, x: Tensor, opts: Options) -> dict[str, Tenso
     Keys: "probs" (B, C); "map.NAME" (B, h, w) for rollout and each method; "block.METRIC" (B, L);
     "head.attn_distance", "head.attn_entropy" (B, L, H); "faith.NAME.deletion_auc" /
     ".insertion_auc" (B,); for integrated_gradients "ig.delta", "ig.output_change", "ig.relative_gap" (B,) (its
-    completeness check, `analysis.attributions.Completeness`). One trace serves all: with a
-    gradient method it keeps the graph and takes one backward pass of the predicted class's logit.
+    completeness check, `analysis.attributions.Completeness`); with `opts.knockouts` "knock.logit_drop" and
+    "knock.prob_drop" (B, L, H), the predicted class's drops when each head alone is zero-ablated
+    (`analysis.knockout.head_importance_scores`), and "knock.seconds" (B,) the time that took, shared
+    equally by the batch's images. One trace serves all: with a gradient method it keeps the graph
+    and takes one backward pass of the predicted class's logit.
     """
     import t2t
     from analysis import attention_stats, faithfulness, redundancy, relevance, rollout
@@ -130,6 +134,17 @@ def analyse_batch(model: nn.Module, x: Tensor, opts: Options) -> dict[str, Tenso
         else:
             out[f"map.{method}"] = explain(method, model, x, target=target).detach()
 
+    if opts.knockouts:
+        import time
+
+        from analysis.knockout import head_importance_scores
+
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            scores = head_importance_scores(model, x, target)
+        out["knock.logit_drop"], out["knock.prob_drop"] = scores.logit_drop, scores.prob_drop
+        out["knock.seconds"] = torch.full((x.shape[0],), (time.perf_counter() - t0) / x.shape[0])
+
     if "faithfulness" in a:
         for name in opts.maps():
             curves = faithfulness.faithfulness(model, x, out[f"map.{name}"].float(), target=target,
@@ -171,6 +186,8 @@ def image_records(model: nn.Module, items: Sequence[Any], numbers: dict[str, Ten
                 rec["blocks"][rest] = value[b].tolist()
             elif kind == "head":
                 rec["heads"][rest] = value[b].tolist()
+            elif kind == "knock":
+                rec.setdefault("knockouts", {})[rest] = value[b].item() if rest == "seconds" else value[b].tolist()
             elif kind == "faith":
                 method, _, score = rest.partition(".")
                 rec["faithfulness"].setdefault(method, {})[score] = float(value[b])

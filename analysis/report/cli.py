@@ -66,7 +66,8 @@ def _run(args: argparse.Namespace, dist_: Dist) -> dict[str, Any] | None:
     names = [m.default_cfg["name"] for m in models]
     opts = Options(analyses=tuple(dict.fromkeys([*args.only, *(["faithfulness"] if args.faithfulness else [])])),
                    methods=tuple(args.methods), head_fusion=args.head_fusion, discard_ratio=args.discard_ratio,
-                   discard_rule=args.discard_rule, ig_steps=args.ig_steps, faithfulness_steps=args.faithfulness_steps)
+                   discard_rule=args.discard_rule, ig_steps=args.ig_steps, faithfulness_steps=args.faithfulness_steps,
+                   knockouts=args.knockouts)
     keys = [transform_key(m, args.crop_pct) for m in models]
     files, missing = dist_.broadcast(find_images(args.images) if dist_.is_main else None)
 
@@ -127,10 +128,9 @@ def _run(args: argparse.Namespace, dist_: Dist) -> dict[str, Any] | None:
                     if len(window) >= 2 * drawers:
                         window.popleft().result()  # a failed picture fails the run, as when drawn in this thread
                     window.append(pool.submit(draw_pictures, out, recs, keys))
+                    shown = ("model", "pred_class", "pred_prob", "figures", "completeness", "knockouts")
                     pictured[line["i"]] = {"index": line["i"], "image": recs[0]["image"], "why": why[line["i"]],
-                                           "models": [{k: r[k] for k in ("model", "pred_class", "pred_prob",
-                                                                         "figures", "completeness") if k in r}
-                                                      for r in recs]}
+                                           "models": [{k: r[k] for k in shown if k in r} for r in recs]}
                 for rec in recs:
                     writer.add(rec)
             while window:
@@ -152,7 +152,8 @@ def _run(args: argparse.Namespace, dist_: Dist) -> dict[str, Any] | None:
                      "grad_discard_ratio": opts.grad_discard_ratio,
                      "discard_rule": opts.discard_rule or library_discard_rule(), "ig_steps": opts.ig_steps,
                      "completeness_tolerance": tolerance, "faithfulness_steps": opts.faithfulness_steps,
-                     "faithfulness_baseline": opts.faithfulness_baseline, "batch_size": args.batch_size,
+                     "faithfulness_baseline": opts.faithfulness_baseline, "knockouts": opts.knockouts,
+                     "batch_size": args.batch_size,
                      "crop_pct": args.crop_pct, "pictures": args.pictures, "least_confident": args.least_confident,
                      "pictures_rule": (f"the first {args.pictures}" if args.pictures >= 0 else "all")
                      + (f" and the {args.least_confident} least confident" if args.least_confident else "")},
@@ -211,6 +212,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    metavar="METHOD", help=f"explanations for 'explain', of {', '.join(sorted(EXPLAINERS))}")
     p.add_argument("--faithfulness", action="store_true", help="also score every map by deletion / insertion AUC")
     p.add_argument("--faithfulness-steps", type=int, default=10)
+    p.add_argument("--knockouts", action="store_true",
+                   help="also each model's head-importance grid per image: the predicted class's logit and probability "
+                   "drop when each backbone head alone is zero-ablated (batched; its time is reported)")
     p.add_argument("--ig-steps", type=int, default=16, help="integration steps of integrated_gradients")
     p.add_argument("--head-fusion", default="mean", choices=["mean", "max", "min"], help="rollout head fusion")
     p.add_argument("--discard-ratio", type=float, default=0.0, help="rollout: fraction of the weakest weights dropped")

@@ -38,6 +38,41 @@ def gap_note(check: dict[str, Any] | None, tolerance: float) -> str:
     return f"<br><small>{text}</small>"
 
 
+def grid_table(grid: list[list[float]], caption: str = "") -> str:
+    """A (blocks, heads) grid as a small HTML table, cells coloured red (positive) / blue (negative) by value."""
+    lim = max((abs(v) for row in grid for v in row), default=0.0) or 1.0
+    rows = []
+    for b, row in enumerate(grid):
+        cells = []
+        for v in row:
+            a = min(abs(v) / lim, 1.0)
+            colour = f"rgba(200,30,30,{a:.2f})" if v >= 0 else f"rgba(30,80,200,{a:.2f})"
+            cells.append(f"<td style='background:{colour};padding:1px 4px;font-size:10px'>{v:+.2f}</td>")
+        rows.append(f"<tr><th style='font-size:10px;padding:1px 3px'>{b}</th>{''.join(cells)}</tr>")
+    head = "".join(f"<th style='font-size:10px;padding:1px 3px'>h{h}</th>" for h in range(len(grid[0]) if grid else 0))
+    cap = f"<caption style='font-size:11px'>{html.escape(caption)}</caption>" if caption else ""
+    return f"<table class=grid>{cap}<tr><th></th>{head}</tr>{''.join(rows)}</table>"
+
+
+def knockout_summary(summary: dict[str, Any], total_s: float) -> str:
+    """The mean head-importance grid of each model and what computing the grids cost."""
+    with_grids = {m: s["knockouts"] for m, s in summary.items() if "knockouts" in s}
+    if not with_grids:
+        return ""
+    spent = sum(k["seconds"] for k in with_grids.values())
+    parts = ["<h2>Head knock-outs</h2><p>Per image, the predicted class's logit drop when each backbone head "
+             "alone is zero-ablated (its slice of attn&nbsp;@&nbsp;v set to 0; rows blocks, columns heads); here "
+             "the mean over images. Cost: "
+             + "; ".join(f"{html.escape(m)} {k['seconds']:.1f} s ({k['seconds_per_image'] * 1e3:.0f} ms per image)"
+                         for m, k in with_grids.items())
+             + f", {spent / max(total_s, 1e-9):.0%} of the run's {total_s:.1f} s.</p><div>"]
+    for m, k in with_grids.items():
+        caption = f"{m}, mean over {k['images']} images"
+        parts.append(f"<div style='display:inline-block;margin-right:2em;vertical-align:top'>"
+                     f"{grid_table(k['mean_logit_drop'], caption)}</div>")
+    return "".join(parts) + "</div>"
+
+
 def write_html(report: dict[str, Any], out: Path, embed: bool) -> Path:
     """report.html: settings, run, summary numbers and figures, skipped files, one row per pictured image."""
     esc = html.escape
@@ -92,6 +127,8 @@ def write_html(report: dict[str, Any], out: Path, embed: bool) -> Path:
         for title, rel in report["figures"].items():
             parts.append(f"<figure>{img('figures/' + rel, title, None)}<figcaption>{esc(title)}</figcaption></figure>")
 
+    if summary:
+        parts.append(knockout_summary(summary, report["timing"]["total_s"]))
     parts.append(f"<h2 id=skipped>Skipped files ({len(report['skipped'])})</h2>")
     if report["skipped"]:
         parts.append("<table class=skipped><tr><th>file</th><th>reason</th></tr>" + "".join(
@@ -121,7 +158,9 @@ def write_html(report: dict[str, Any], out: Path, embed: bool) -> Path:
                 f"<span class=map>{img(r['figures'][k], f'{m} {k}', width)}"
                 f"{gap_note(r.get('completeness', {}).get(k), tolerance) if k == 'integrated_gradients' else ''}"
                 f"</span>" for k in maps if k in r["figures"])
-            cells.append(f"<td><b>{esc(r['pred_class'])}</b> {r['pred_prob']:.1%}<br>{figs}</td>")
+            grid = (grid_table(r["knockouts"]["logit_drop"], "logit drop per knocked-out head")
+                    if "knockouts" in r else "")
+            cells.append(f"<td><b>{esc(r['pred_class'])}</b> {r['pred_prob']:.1%}<br>{figs}{grid}</td>")
         parts.append("<tr>" + "".join(cells) + "</tr>")
     parts.append("</table>")
     page = (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>t2t-lens report</title>"

@@ -23,6 +23,8 @@ from analysis.report.analyse import ATTENTION_METRICS, REDUNDANCY_METRICS, Optio
 SCALAR_FIELDS = ("image", "path", "model", "pred_index", "pred_class", "pred_prob")
 ROLLOUT_FIELDS = ("rollout_peak_row", "rollout_peak_col", "rollout_entropy")
 COMPLETENESS_FIELDS = ("delta", "output_change", "relative_gap")
+# the head whose zero-ablation alone costs the predicted class's logit most, that drop, and the grid's time
+KNOCKOUT_FIELDS = ("knockout_top_block", "knockout_top_head", "knockout_max_logit_drop", "knockout_seconds")
 
 
 def mean_ci(values: np.ndarray) -> dict[str, list[float] | int]:
@@ -64,7 +66,8 @@ class Summary:
     def __init__(self, models: list[str], tolerance: float = 0.05) -> None:
         self.models, self.tolerance = models, tolerance
         self.acc: dict[str, dict[str, Any]] = {m: {"images": 0, "blocks": {}, "image_means": {}, "faithfulness": {},
-                                                   "rollout": RunningMean(), "predictions": Counter()}
+                                                   "rollout": RunningMean(), "predictions": Counter(),
+                                                   "knockouts": RunningMean(), "knockout_seconds": 0.0}
                                                for m in models}
         self.gap: dict[str, dict[str, Any]] = {m: {"n": 0, "above": 0, "max": 0.0, "sum": 0.0, "undefined": 0}
                                                for m in models}
@@ -84,6 +87,9 @@ class Summary:
                 for k, v in scores.items():
                     a["faithfulness"].setdefault(method, {}).setdefault(k, RunningMean()).add(v)
             a["predictions"][r["pred_class"]] += 1
+            if "knockouts" in r:
+                a["knockouts"].add(r["knockouts"]["logit_drop"])
+                a["knockout_seconds"] += r["knockouts"]["seconds"]
             ig = r.get("completeness", {}).get("integrated_gradients")
             if ig is not None:
                 g = self.gap[name]
@@ -113,6 +119,10 @@ class Summary:
                                                   for m, scores in a["faithfulness"].items()}}
             if a["rollout"].n:
                 s["mean_rollout"] = a["rollout"].result()["mean"]
+            if a["knockouts"].n:
+                s["knockouts"] = {"mean_logit_drop": a["knockouts"].result()["mean"], "images": a["knockouts"].n,
+                                  "seconds": a["knockout_seconds"],
+                                  "seconds_per_image": a["knockout_seconds"] / a["knockouts"].n}
             s["predictions"] = dict(sorted(a["predictions"].items(), key=lambda kv: (-kv[1], kv[0])))
             g = self.gap[name]
             if g["n"] or g["undefined"]:
@@ -156,6 +166,8 @@ def csv_fields(depth: int, opts: Options) -> list[str]:
         fields += [f"{m}_{k}" for m in opts.maps() for k in ("deletion_auc", "insertion_auc")]
     if "explain" in a and "integrated_gradients" in opts.methods:
         fields += [f"integrated_gradients_{k}" for k in COMPLETENESS_FIELDS]
+    if opts.knockouts:
+        fields += list(KNOCKOUT_FIELDS)
     return fields
 
 
@@ -169,6 +181,11 @@ def flat_row(rec: dict[str, Any]) -> dict[str, Any]:
         row.update({f"{method}_{k}": v for k, v in scores.items()})
     for method, check in rec.get("completeness", {}).items():
         row.update({f"{method}_{k}": check[k] for k in COMPLETENESS_FIELDS})
+    if "knockouts" in rec:
+        grid = np.asarray(rec["knockouts"]["logit_drop"])
+        block, head = np.unravel_index(int(grid.argmax()), grid.shape)
+        row.update({"knockout_top_block": int(block), "knockout_top_head": int(head),
+                    "knockout_max_logit_drop": float(grid.max()), "knockout_seconds": rec["knockouts"]["seconds"]})
     return row
 
 

@@ -327,3 +327,8 @@ def test_pruning_curve_equals_knocking_out_the_ranked_heads():
     assert curve.removable == int(removable_heads(curve.accuracy.numpy(), curve.removed.numpy(), 0.01))
     assert curve.fraction_removable == curve.removable / 12
     assert curve.removable_ci[0] <= curve.removable_ci[1]
+    some = pruning_curve(model, x, labels, rank_x, n_boot=50, counts=[12, 5, 1])
+    assert some.removed.tolist() == [0, 1, 5, 12]
+    torch.testing.assert_close(some.accuracy, curve.accuracy[[0, 1, 5, 12]])
+    with pytest.raises(ValueError, match="counts"):
+        pruning_curve(model, x, labels, rank_x, counts=[13])

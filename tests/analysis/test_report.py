@@ -363,3 +363,43 @@ def test_all_pictures_drawn_in_a_bounded_queue_and_threads_restored(run, tmp_pat
     for rec in data["results"]:
         assert all((out / f).is_file() for f in rec["figures"].values())
     assert 1 <= most[0] <= 2
+
+
+def test_knockouts_add_each_models_importance_grid_per_image(tmp_path, run):
+    """--knockouts: the grid of every image equals `head_importance_scores` of the predicted class, the CSV
+    names the top head, the summary averages the grids and the page states what they cost."""
+    from analysis.knockout import head_importance_scores
+
+    out = tmp_path / "out"
+    images = [str(run.root / "images" / g) for g in GOOD[1:3]]
+    data = report.main(["--models", *MODELS, "--weights", *run.weights.values(), "--images", *images,
+                        "--out", str(out), "--only", "rollout", "--knockouts", "--html", "link"])
+    results = json.loads((out / "results.json").read_text())["results"]
+    for name in MODELS:
+        model = t2t.create_model(name, pretrained=run.weights[name])
+        cfg = model.default_cfg
+        x = torch.cat([preprocess(open_image(p), cfg["mean"], cfg["std"], cfg["img_size"], cfg["crop_pct"])
+                       for p in images])
+        with torch.no_grad():
+            want = head_importance_scores(model, x)
+        recs = [r for r in results if r["model"] == name]
+        for i, rec in enumerate(recs):
+            assert rec["pred_index"] == int(want.target[i])
+            torch.testing.assert_close(torch.tensor(rec["knockouts"]["logit_drop"]), want.logit_drop[i],
+                                       rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(torch.tensor(rec["knockouts"]["prob_drop"]), want.prob_drop[i],
+                                       rtol=1e-4, atol=1e-6)
+            assert rec["knockouts"]["seconds"] > 0
+        summary = data["summary"][name]["knockouts"]
+        mean = torch.tensor([r["knockouts"]["logit_drop"] for r in recs]).mean(0)
+        torch.testing.assert_close(torch.tensor(summary["mean_logit_drop"], dtype=torch.float64), mean.double(),
+                                   rtol=1e-6, atol=1e-9)
+        assert summary["seconds"] == pytest.approx(sum(r["knockouts"]["seconds"] for r in recs))
+    rows = list(csv.DictReader(open(out / "results.csv", newline="")))
+    rec = results[0]
+    grid = torch.tensor(rec["knockouts"]["logit_drop"])
+    block, head = divmod(int(grid.argmax()), grid.shape[1])
+    assert (int(rows[0]["knockout_top_block"]), int(rows[0]["knockout_top_head"])) == (block, head)
+    page = (out / "report.html").read_text()
+    assert "Head knock-outs" in page and "ms per image" in page and page.count("logit drop per knocked-out head") == 4
+    assert data["settings"]["knockouts"] is True

@@ -7,7 +7,9 @@ For every image and every model: the prediction, attention rollout, the redundan
 block (`analysis.redundancy`), mean attention distance and entropy per block and head
 (`analysis.attention_stats`) and explanation maps (gradient rollout and Chefer relevance by
 default; any of `analysis.explain.EXPLAINERS` with --methods; Integrated Gradients with its
-completeness gap), optionally scored by deletion / insertion AUC (--faithfulness). Files that are
+completeness gap), optionally scored by deletion / insertion AUC (--faithfulness), and with
+--knockouts each model's head-importance grid (the predicted class's logit and probability drop when
+each backbone head alone is zero-ablated, `analysis.knockout`; its time is measured and shown). Files that are
 not usable images (corrupt, not an image, empty) are skipped and listed with the reason: one bad
 file never stops the run.
 

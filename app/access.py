@@ -65,7 +65,7 @@ def parse_options(argv: list[str], env: dict[str, str]) -> ServerOptions:
     try:
         args, unknown = _parser().parse_known_args(argv)
     except (argparse.ArgumentError, SystemExit) as err:
-        args, unknown = _parser().parse_known_args([]), []
+        args, unknown = _parser().parse_known_args([])[0], []
         problems.append(f"cannot read the options {shlex.join(argv)!r}: {err}")
     if unknown:
         problems.append(f"unknown options {shlex.join(unknown)!r}")

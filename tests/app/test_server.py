@@ -4,6 +4,10 @@
   what values hold (views once, models not at all, a value that grows), and computes a value once
   when several threads ask for it at the same moment.
 - `FairQueue` runs one session's jobs in turn with everyone else's and drops jobs nobody waits for.
+- `ModelCache` holds the loaded models under a budget in bytes (least recently used unloaded first),
+  refuses a model larger than the budget before loading it, and never serves a model altered in
+  place; the app shows the refusal with both sizes and goes on with the default model. Checkpoint
+  uploads are refused over their cap, and their folder stays within its budget.
 - The app: the per-image cache stays within its budget over many images; every module a page
   needs is imported before any page runs; a session keeps its shape class and example when it
   switches the image source away and back; several browser sessions visiting every page for the
@@ -22,7 +26,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from app._cache import Abandoned, ByteCache, FairQueue, nbytes
+from app._cache import Abandoned, ByteCache, FairQueue, ModelCache, ModelTooLarge, module_bytes, nbytes
 
 ROOT = Path(__file__).resolve().parents[2]
 MAIN = str(ROOT / "app" / "main.py")
@@ -164,6 +168,120 @@ def test_fair_queue_drops_a_job_nobody_waits_for() -> None:
     with pytest.raises(Abandoned):
         left.future.result(10)
     assert ran == []
+
+
+# ----------------------------------------------------------------------------------------------
+# ModelCache, checkpoint uploads
+# ----------------------------------------------------------------------------------------------
+
+
+def linear(n: int) -> torch.nn.Module:
+    return torch.nn.Linear(n, 1000, bias=False).eval()  # 4000 n bytes
+
+
+def test_model_cache_unloads_least_recently_used_models_by_bytes() -> None:
+    cache = ModelCache(budget_bytes=10 * 4000)  # room for 10 rows' worth
+    loaded = []
+
+    def load(n: int):
+        def fn() -> torch.nn.Module:
+            loaded.append(n)
+            return linear(n)
+        return fn
+
+    a = cache.get_or_load("a", 4 * 4000, load(4))
+    cache.get_or_load("b", 4 * 4000, load(4))
+    assert cache.get_or_load("a", 4 * 4000, load(4)) is a  # a hit: a is now the most recently used
+    cache.get_or_load("c", 4 * 4000, load(4))  # 12 rows > 10: b, the least recently used, is unloaded
+    assert "b" not in cache and {"a", "c"} <= set(cache.keys()) and cache.total == 8 * 4000
+    cache.get_or_load("d", 9 * 4000, load(9))  # unloads a and c *before* loading d
+    assert cache.keys() == ["d"] and cache.total == 9 * 4000 and loaded == [4, 4, 4, 9]
+    assert cache.stats()["evictions"] == 3 and cache.total <= cache.budget
+
+
+def test_model_cache_refuses_a_model_larger_than_the_budget_before_loading_it() -> None:
+    cache = ModelCache(budget_bytes=2 * 2**20)
+    cache.get_or_load("small", 4000, lambda: linear(1))
+    with pytest.raises(ModelTooLarge, match=r"big_model needs 4 MB of weights, more than the server's whole model "
+                       r"budget of 2 MB \(T2T_LENS_MODEL_MB\)"):
+        cache.get_or_load("big", 4 * 2**20, lambda: pytest.fail("must not load"), "big_model")
+    assert "small" in cache  # nothing was unloaded for a model that could never fit
+    with pytest.raises(ModelTooLarge):  # a size known only after loading (a checkpoint's own head) too
+        cache.get_or_load("liar", 4000, lambda: linear(1000), "liar")
+    assert "liar" not in cache and cache.total == 4000
+
+
+def test_model_cache_never_serves_a_model_altered_in_place() -> None:
+    cache = ModelCache(budget_bytes=10**6)
+    first = cache.get_or_load("m", 4000, lambda: linear(1))
+    with torch.no_grad():
+        first.weight.zero_()  # as a knock-out done on the shared model instead of with hooks would
+    second = cache.get_or_load("m", 4000, lambda: linear(1))
+    assert second is not first and cache.stats()["altered"] == 1
+    second.train()
+    assert cache.get_or_load("m", 4000, lambda: linear(1)) is not second  # left in training mode: the same
+
+
+def test_model_cache_loads_once_for_many_threads() -> None:
+    cache = ModelCache(budget_bytes=10**6)
+    calls = []
+
+    def load() -> torch.nn.Module:
+        calls.append(1)
+        time.sleep(0.2)
+        return linear(1)
+
+    got: list[torch.nn.Module] = []
+    threads = [threading.Thread(target=lambda: got.append(cache.get_or_load("k", 4000, load))) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and len(got) == 6 and all(m is got[0] for m in got)
+
+
+def test_model_bytes_from_the_registry_equals_the_loaded_model() -> None:
+    import t2t
+    from app import models
+
+    for name in ("t2t_vit_7", "deit_tiny_patch16_224"):
+        assert models.model_bytes(name, 1000) == module_bytes(t2t.create_model(name, num_classes=1000))
+    assert module_bytes(linear(3)) == 3 * 4000
+
+
+def test_checkpoint_uploads_are_capped_renamed_into_place_and_kept_within_their_budget(tmp_path: Path) -> None:
+    from app.models import UploadRefused, save_checkpoint_upload
+
+    with pytest.raises(UploadRefused, match=r"'huge.pth' is 2 MB, over the checkpoint upload cap of 1 MB"):
+        save_checkpoint_upload("huge.pth", b"\0" * 2 * 2**20, cap_bytes=2**20, folder=tmp_path)
+    assert not list(tmp_path.iterdir())  # nothing written
+    paths = []
+    for i in range(4):  # 400 bytes each in a folder of 1000: the oldest go
+        paths.append(Path(save_checkpoint_upload(f"../../c{i}.pth", bytes([i]) * 400, folder=tmp_path,
+                                                 budget_bytes=1000)))
+        time.sleep(0.02)  # distinct modification times
+    assert [p.exists() for p in paths] == [False, False, True, True]
+    assert all(p.parent.parent == tmp_path and p.name == f"c{i}.pth" for i, p in enumerate(paths))
+    assert not list(tmp_path.glob("*/.part-*"))  # written under a temporary name, then renamed
+    again = save_checkpoint_upload("c2.pth", bytes([2]) * 400, folder=tmp_path, budget_bytes=1000)
+    assert Path(again) == paths[2] and paths[3].exists()  # the same content: the same file, no copy
+
+
+def test_a_model_over_the_budget_is_refused_in_the_app_with_both_sizes(monkeypatch: pytest.MonkeyPatch) -> None:
+    from streamlit.testing.v1 import AppTest
+
+    from app import compute, models
+
+    small = ModelCache(budget_bytes=60 * 2**20)  # the default pair (16 + 22 MB) fits, t2t_vit_14 (82 MB) never
+    monkeypatch.setattr(models, "MODELS", small)
+    at = AppTest.from_file(MAIN, default_timeout=600)
+    at.run()
+    at.selectbox(key="T2T-ViT_name").set_value("t2t_vit_14").run()
+    assert not at.exception
+    shown = " ".join(e.value for e in at.sidebar.error)
+    assert "t2t_vit_14 needs 82 MB of weights, more than the server's whole model budget of 60 MB" in shown
+    assert at.session_state[compute.CTX_KEY].t2t.name == "t2t_vit_7"  # the role's default model instead
+    assert small.total <= small.budget and all(k[0] != "t2t_vit_14" for k in small.keys())
 
 
 # ----------------------------------------------------------------------------------------------

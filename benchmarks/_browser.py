@@ -84,22 +84,25 @@ TWO_FRAMES = "() => new Promise(r => requestAnimationFrame(() => requestAnimatio
 
 @contextmanager
 def streamlit_server(port: int, env: dict[str, str] | None = None, log: Path | None = None,
-                     start_timeout: float = 120.0) -> Iterator[subprocess.Popen]:
-    """`streamlit run app/main.py` on 127.0.0.1:`port`, headless, no file watcher; stopped on exit.
+                     start_timeout: float = 120.0, address: str = "127.0.0.1",
+                     app_args: tuple[str, ...] = ()) -> Iterator[subprocess.Popen]:
+    """`streamlit run app/main.py -- *app_args` on `address`:`port`, headless, no file watcher; stopped
+    on exit. `app_args`: the app's own options (e.g. "--classroom").
 
     Raises RuntimeError when the server has not answered its health check within `start_timeout` s."""
     out = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115 (closed below)
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.headless", "true", "--server.port",
-         str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
-         "--server.fileWatcherType", "none"],
+         str(port), "--server.address", address, "--browser.gatherUsageStats", "false",
+         "--server.fileWatcherType", "none", *(("--", *app_args) if app_args else ())],
         cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
     )
     try:
         deadline = time.monotonic() + start_timeout
         while True:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as response:
+                host = "127.0.0.1" if address in ("0.0.0.0", "::") else address
+                with urllib.request.urlopen(f"http://{host}:{port}/_stcore/health", timeout=2) as response:
                     if response.read().strip() == b"ok":
                         break
             except OSError:

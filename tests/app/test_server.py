@@ -249,6 +249,17 @@ def test_model_bytes_from_the_registry_equals_the_loaded_model() -> None:
     assert module_bytes(linear(3)) == 3 * 4000
 
 
+def test_preload_loads_the_lesson_models_and_names_what_it_could_not(monkeypatch: pytest.MonkeyPatch) -> None:
+    from app import models
+
+    cache = ModelCache(budget_bytes=100 * 2**20)
+    monkeypatch.setattr(models, "MODELS", cache)
+    problems = models.preload(("t2t_vit_7", "no_such_model", "vit_large_patch16_224"), "cpu")
+    assert [k[:2] for k in cache.keys()] == [("t2t_vit_7", "embedded")]
+    assert len(problems) == 2 and "no_such_model" in problems[0]
+    assert "vit_large_patch16_224 needs 1.13 GB of weights" in problems[1]
+
+
 def test_checkpoint_uploads_are_capped_renamed_into_place_and_kept_within_their_budget(tmp_path: Path) -> None:
     from app.models import UploadRefused, save_checkpoint_upload
 

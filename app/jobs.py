@@ -5,7 +5,7 @@ Owns:
   app/_cache.py), and `memo`, the decorator that puts a function's results in it, keyed by the
   function's name and its arguments whose names do not start with "_" (model key + image key +
   its own parameters). A hit returns the same tensors without a copy. Models are not in it
-  (`app/models.py`, st.cache_resource);
+  (`app/models.py`, `MODELS`, their own budget in bytes);
 - the fair queues `QUICK` (faithfulness curves) and `HEAVY` (Integrated Gradients, occlusion, token
   ablation, CKA), shared by all sessions, one student's jobs taking turns with everyone else's;
 - waiting for their results: `soon` (a `Pending`: the cached value, or a queued job),

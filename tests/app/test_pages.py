@@ -2,7 +2,7 @@
 
 Every page must render on the default models and image, react to its widgets, and turn every bad
 input (image uploads, checkpoints) into a clear st.error while the app goes on. Models, traces and
-maps are cached process-wide (st.cache_resource), so only the first test pays for loading.
+maps are cached process-wide (app.models.MODELS, app.jobs.CACHE), so only the first test pays for loading.
 """
 
 from __future__ import annotations

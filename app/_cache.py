@@ -19,6 +19,7 @@ the whole class. Two pieces keep that in check, both free of Streamlit so they c
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -226,18 +227,32 @@ class Abandoned(RuntimeError):
     """The job was dropped before it started: no session asked for it for a while."""
 
 
+def lower_priority(nice: int) -> bool:
+    """Raise this thread's nice value by `nice` (Linux: the nice value is per thread), so that it gets
+    the CPU only when threads of normal priority (the sessions' page runs) leave some; False where
+    the system does not allow it."""
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+        return True
+    except (AttributeError, OSError):  # not Linux / not permitted: the thread keeps its priority
+        return False
+
+
 class FairQueue:
     """`workers` threads running jobs in turn from each owner (session) with jobs waiting.
 
     `submit(key, owner, label, fn)` returns the job for `key` (the one already queued or running, if
     any: the same work is never queued twice). `setup` runs once in each worker thread (e.g. to set
-    torch's thread count, a per-thread setting).
+    torch's thread count, a per-thread setting). `nice` > 0 lowers the workers' CPU priority by that
+    much (`lower_priority`): their work then takes what the page runs leave.
     """
 
     def __init__(self, workers: int, name: str, abandon_s: float = 60.0,
-                 setup: Callable[[], None] | None = None) -> None:
+                 setup: Callable[[], None] | None = None, nice: int = 0) -> None:
         self.workers = max(1, int(workers))
         self.name = name
+        self.nice = nice
         self.abandon_s = abandon_s
         self._setup = setup
         self._cv = threading.Condition()
@@ -300,6 +315,8 @@ class FairQueue:
                 return job
 
     def _work(self) -> None:
+        if self.nice:
+            lower_priority(self.nice)
         if self._setup is not None:
             self._setup()
         while True:

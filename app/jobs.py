@@ -66,7 +66,7 @@ _CORES = os.cpu_count() or 2
 QUICK = FairQueue(_CORES, "t2t-lens-quick", setup=_worker_setup)
 # long jobs (Integrated Gradients, occlusion, ablation, CKA: tens of seconds on a CPU): half the cores,
 # so the other half is left for everyone's page runs
-HEAVY = FairQueue(max(1, _CORES // 2), "t2t-lens-heavy", setup=_worker_setup)
+HEAVY = FairQueue(max(1, _CORES // 2), "t2t-lens-heavy", setup=_worker_setup, nice=10)  # pages first (README)
 # A heavy job's progress bar looks whether its jobs are done once a second. Four looks a second made the
 # faithfulness scores of Explanations come later, not sooner, when they were polled this way (bench_app
 # after a steps change: complete 2.10 s instead of 1.48 s, 2 cores): each look is a fragment run, in the

@@ -156,6 +156,21 @@ def test_fair_queue_takes_turns_between_sessions_and_never_queues_a_key_twice() 
     assert queue.pending() == 0 and queue.durations["a"] >= 0
 
 
+def test_fair_queue_workers_can_run_at_a_lower_priority() -> None:
+    import os
+
+    def nice_here() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    base = nice_here()
+    low = FairQueue(1, "test-nice", nice=5).submit("k", "A", "x", nice_here).future.result(10)
+    normal = FairQueue(1, "test-normal").submit("k", "A", "x", nice_here).future.result(10)
+    assert (low, normal) == (min(19, base + 5), base)
+    from app import jobs
+
+    assert jobs.HEAVY.nice > 0 and jobs.QUICK.nice == 0  # heavy methods give way to page runs
+
+
 def test_fair_queue_drops_a_job_nobody_waits_for() -> None:
     queue = FairQueue(1, "test", abandon_s=0.05)
     gate = threading.Event()

@@ -217,3 +217,82 @@ def strip_figure(maps: Sequence[np.ndarray], titles: Sequence[str], height: int 
     fig.update_layout(height=height, margin={"l": 0, "r": 0, "t": 80, "b": 0}, annotations=annotations,
                       showlegend=False, font=FONT, **layout)
     return fig
+
+
+# ----------------------------------------------------------------------------------------------
+# Knock-outs and sanity checks (issue 23)
+# ----------------------------------------------------------------------------------------------
+
+
+def head_grid_figure(values: np.ndarray | None, shape: tuple[int, int], out: Sequence[tuple[int, int]], title: str,
+                     colorbar: str = "", height: int = 340, pickable: bool = False) -> go.Figure:
+    """A blocks (rows) x heads (columns) grid: `values` (L, H) as a heat map (None: a plain grid), the
+    heads in `out` crossed; with `pickable`, a transparent scatter of the cells whose customdata is
+    (block, head), for clicking (plotly heat map cells fire no selection events)."""
+    nb, nh = shape
+    blocks, heads = np.divmod(np.arange(nb * nh), nh)
+    knocked = {(int(b), int(h)) for b, h in out}
+    is_out = np.array([(b, h) in knocked for b, h in zip(blocks, heads, strict=True)]).reshape(nb, nh)
+    z = values if values is not None else is_out.astype(float)
+    fig = go.Figure(go.Heatmap(
+        z=z, x=np.arange(nh), y=np.arange(nb), zmid=0 if values is not None else None,
+        colorscale=scale("RdBu_r") if values is not None else [(0, "rgb(225, 232, 240)"), (1, "rgb(120, 20, 20)")],
+        showscale=values is not None, colorbar={"title": {"text": colorbar, "side": "right"}, "thickness": 12},
+        xgap=2, ygap=2, hoverinfo="skip"))
+    if knocked:
+        kb, kh = zip(*sorted(knocked), strict=True)
+        fig.add_trace(go.Scatter(x=list(kh), y=list(kb), mode="markers", name="out", hoverinfo="skip",
+                                 marker={"symbol": "x-thin", "size": 22, "line": {"width": 3, "color": "black"}}))
+    text = [f"block {b}, head {h}" + (" (knocked out)" if is_out[b, h] else "")
+            + ("" if values is None else f": {values[b, h]:+.3f}") for b, h in zip(blocks, heads, strict=True)]
+    fig.add_trace(go.Scatter(
+        x=heads, y=blocks, mode="markers", name="pick", text=text, hovertemplate="%{text}<extra></extra>",
+        marker={"size": max(12.0, 0.8 * (height - 80) / nb), "color": "rgba(255,255,255,0.01)", "symbol": "square"},
+        selected={"marker": {"color": "rgba(255,255,255,0.01)"}}, unselected={"marker": {"opacity": 1}},
+        customdata=np.stack([blocks, heads], axis=-1), hoverinfo=None if pickable else "skip"))
+    fig.update_layout(height=height, margin={"l": 10, "r": 10, "t": 40, "b": 40}, title={"text": title, "font": FONT},
+                      xaxis={"title": "head", "dtick": 1, "range": [-0.5, nh - 0.5]},
+                      yaxis={"title": "block", "dtick": 1, "autorange": "reversed"},
+                      showlegend=False, font=FONT, **CHART)
+    return fig
+
+
+def pruning_figure(curves: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]],
+                   title: str, height: int = 380) -> go.Figure:
+    """Accuracy as heads are knocked out, least important first, one line and bootstrap band per model:
+    {label: (fraction of heads removed (K,), accuracy, low, high (K,), colour)}."""
+    fig = go.Figure()
+    for label, (x, acc, lo, hi, color) in curves.items():
+        fig.add_trace(go.Scatter(x=np.concatenate([x, x[::-1]]), y=np.concatenate([hi, lo[::-1]]), fill="toself",
+                                 fillcolor=color, opacity=0.18, line={"width": 0}, hoverinfo="skip",
+                                 showlegend=False, name=f"{label} 95% interval"))
+        fig.add_trace(go.Scatter(x=x, y=acc, mode="lines+markers", name=label, line={"color": color, "width": 3},
+                                 hovertemplate="%{x:.0%} of the heads out: accuracy %{y:.1%}<extra>" + label
+                                 + "</extra>"))
+    fig.update_layout(height=height, margin={"l": 10, "r": 10, "t": 40, "b": 110}, title={"text": title, "font": FONT},
+                      xaxis={"title": "share of the heads knocked out (least important first)", "tickformat": ".0%",
+                             **GRID},
+                      yaxis={"title": "accuracy", "tickformat": ".0%", "range": [0, 1.02], **GRID},
+                      legend=BOTTOM_LEGEND, font=FONT, **CHART)
+    return fig
+
+
+SANITY_METRICS = {"spearman_abs": ("|Spearman| (of |map|)", "#d62728"), "spearman": ("Spearman", "#1f77b4"),
+                  "ssim": ("SSIM", "#2ca02c")}
+
+
+def sanity_figure(curve: dict[str, object], title: str, threshold: float, height: int = 300) -> go.Figure:
+    """Similarity to the intact model's map as layers are re-initialised from the head down (x: what
+    was re-initialised last), one line per metric, and the verdict's threshold as a dotted line."""
+    layers = list(curve["layers"])  # type: ignore[call-overload]
+    fig = go.Figure()
+    for key, (label, color) in SANITY_METRICS.items():
+        fig.add_trace(go.Scatter(x=layers, y=np.asarray(curve[key], dtype=float), mode="lines+markers", name=label,
+                                 line={"color": color, "width": 2.5},
+                                 hovertemplate="%{x}: %{y:.2f}<extra>" + label + "</extra>"))
+    fig.add_hline(y=threshold, line={"dash": "dot", "color": "#555555"})
+    fig.update_layout(height=height, margin={"l": 10, "r": 10, "t": 40, "b": 120}, title={"text": title, "font": FONT},
+                      xaxis={"title": "re-initialised down to", "tickangle": -45, **GRID},
+                      yaxis={"title": "similarity", "range": [-1.05, 1.05], **GRID},
+                      legend=BOTTOM_LEGEND, font=FONT, **CHART)
+    return fig

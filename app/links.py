@@ -53,6 +53,9 @@ PAGE_PARAMS = {  # st.Page url_path -> parameters of that page
                  ("rank", "fr_rank", "bool"), ("cka", "cka_on", "bool"), ("n", "cka_n", "int"),
                  ("feat", "cka_reduce", "str")),
     "classify": (),
+    "knockouts": (("t2t_heads", "ko_heads_T2T-ViT", "list"), ("vit_heads", "ko_heads_ViT", "list"),
+                  ("attn1", "ko_attn1", "bool"), ("attn2", "ko_attn2", "bool"), ("mode", "ko_mode", "str"),
+                  ("map", "ko_map", "str"), ("prune", "ko_prune", "bool"), ("prune_n", "ko_prune_n", "int")),
 }
 
 

@@ -20,6 +20,7 @@ down this list, checked by tests/app/test_layers.py):
     charts.py        plotly mosaics and data charts (top-k, depth, heads, CKA matrix, strips)
     figures.py       plotly image figures, overlays, token pickers, grid geometry, PNG encoding
     explanations.py  explanation maps, carrying them back to pixels, faithfulness scores
+    knockouts.py     heads and T2T attention knocked out, head importance, pruning curves, sanity checks
     compute.py       Context, preprocessing, traces, predictions, attention / feature statistics, CKA
     models.py        weight sources, loading (`resolve_model`), `LoadedModel`, checkpoint uploads
     images.py        `ImageChoice`: uploads, sample photos, synthetic shapes
@@ -68,6 +69,7 @@ PAGES = [
     st.Page("views/4_feature_richness.py", title="Feature richness", icon=":material/texture:",
             url_path="features"),
     st.Page("views/5_classify.py", title="Classify", icon=":material/bar_chart:", url_path="classify"),
+    st.Page("views/6_knockouts.py", title="Knock-outs", icon=":material/block:", url_path="knockouts"),
 ]
 
 

@@ -99,6 +99,21 @@ def _select_tile(chart_key: str, n_tiles: int, index_key: str | None, block_head
         st.session_state[block_head_keys[0]], st.session_state[block_head_keys[1]] = divmod(picked[0], heads)
 
 
+def head_toggle_callback(chart_key: str, list_key: str) -> Callable[[], None]:
+    """An on_select callback for a pickable blocks x heads grid (`charts.head_grid_figure`): the clicked
+    (block, head) is added to, or taken out of, the list of "block.head" strings in `list_key`."""
+    return functools.partial(_toggle_head, chart_key, list_key)
+
+
+def _toggle_head(chart_key: str, list_key: str) -> None:
+    picked = picked_cell(selected_points(chart_key), (1, 1))
+    if picked is None:
+        return
+    name = f"{picked[0]}.{picked[1]}"
+    now = list(st.session_state.get(list_key) or [])
+    st.session_state[list_key] = [v for v in now if v != name] if name in now else [*now, name]
+
+
 def selected_points(chart_key: str) -> list[dict]:
     """The points selected on the chart with this key ([] when none)."""
     state = st.session_state.get(chart_key)

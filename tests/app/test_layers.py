@@ -21,7 +21,7 @@ LAYERS: dict[str, int] = {
     "jobs": 1,
     "models": 2, "images": 2,
     "compute": 3,
-    "explanations": 4,
+    "explanations": 4, "knockouts": 4,
     "figures": 5,
     "charts": 6,
     "widgets": 7, "links": 7,

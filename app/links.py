@@ -47,7 +47,7 @@ PAGE_PARAMS = {  # st.Page url_path -> parameters of that page
     "explanations": (("slow", "exp_expensive", "bool"), ("methods", "exp_methods", "list"),
                      ("explain", "exp_which", "str"), ("carry", "exp_carry", "str"), ("rule", "exp_rule", "str"),
                      ("discard", "exp_discard", "float"), ("faith", "exp_faith", "bool"), ("steps", "exp_steps", "int"),
-                     ("ig", "exp_ig_on", "bool")),
+                     ("ig", "exp_ig_on", "bool"), ("sanity", "exp_sanity", "bool")),
     "features": (("ch", "fr_channels", "int"), ("thr", "fr_threshold", "float"),
                  ("t2t_block", "fr_block_T2T-ViT", "int"), ("vit_block", "fr_block_ViT", "int"),
                  ("rank", "fr_rank", "bool"), ("cka", "cka_on", "bool"), ("n", "cka_n", "int"),

@@ -12,7 +12,7 @@ import streamlit as st
 from analysis.attributions import COMPLETENESS_TOLERANCE
 from analysis.maps import display_scale
 from analysis.rollout import DISCARD_RULES, cls_rollout
-from app import charts, compute, explanations, figures, jobs, models, widgets
+from app import charts, compute, explanations, figures, jobs, knockouts, models, widgets
 
 ctx = compute.context()
 STEPS = (4, 20)  # the steps slider's range
@@ -56,6 +56,11 @@ with c:
     st.session_state.setdefault("exp_steps", 10 if ctx.device.startswith("cuda") else 5)
     steps = st.slider("Deletion/insertion steps", *STEPS, key="exp_steps", disabled=not score,
                       help="Each step is one forward pass per curve; more steps = smoother curves, slower.")
+    sanity = st.toggle("Sanity check of each map", key="exp_sanity",
+                       help="Cascading randomisation (Adebayo et al., 2018): the model's layers are re-initialised "
+                       "from the head down, one more at a time, on a copy of the model, and each method's map is "
+                       "computed again; a map that stays the same explains the image, not the model. Quick "
+                       "methods only; a background job of 1 + blocks + 3 runs of the method per model.")
 
 # Rollout's discard rule, by name (analysis.rollout.DISCARD_RULES): vit-explain's rule ranks the whole
 # flattened fused map, the per-row rule each row on its own; they give different maps for ratio > 0.
@@ -163,6 +168,17 @@ def show_verdict(title: str, roles: list[str], *aucs: tuple[float, float]) -> No
                "how well each map explains its own model.")
 
 
+def show_sanity(lm: models.LoadedModel, method: str, target: int) -> None:
+    """The method's cascading-randomisation curve on this image and its verdict, computed from the curve."""
+    options = {"discard": discard[method][0], "discard_ratio": discard[method][1]} if method in discard else {}
+    curve = knockouts.sanity(ctx, lm, method, target, **options)  # None while it runs: a progress bar instead
+    if curve is None:
+        return
+    fig = charts.sanity_figure(curve, f"Sanity check, {lm.role}: similarity to this map", knockouts.SANITY_THRESHOLD)
+    widgets.show(fig, key=f"exp_sanity_{method}_{lm.role}", filename=f"sanity_{method}_{lm.name}")
+    st.caption(f"**{lm.role}**, {explanations.METHOD_NAMES[method]}: {knockouts.sanity_verdict(curve)}.")
+
+
 journeys = {}
 for method in methods:
     title = explanations.METHOD_NAMES[method]
@@ -193,6 +209,8 @@ for method in methods:
             widgets.domain_notice(lm, ctx.image, short=True)
             if lm.role in scores:
                 show_scores(scores[lm.role])
+            if sanity and method in explanations.CHEAP_METHODS:
+                show_sanity(lm, method, targets[lm.role])
     if len(scores) == 2:
         jobs.draw_when_ready(list(scores.values()), functools.partial(show_verdict, title, list(scores)),
                              progress=False)

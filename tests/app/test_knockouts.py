@@ -223,3 +223,24 @@ def test_sentences_from_the_numbers() -> None:
     assert knockouts.sanity_verdict(failing).startswith("fails: |Spearman| with the intact model's map is still 0.70")
     assert knockouts.prune_counts(28, 8) == [0, 4, 7, 10, 14, 18, 21, 24, 28]
     assert knockouts.prune_counts(3, 8) == [0, 1, 2, 3]
+
+
+def test_pruning_curves_and_their_sentence(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The page's pruning curves (3 removal counts here, to keep the test cheap) and the sentence from them."""
+    monkeypatch.setattr(knockouts, "prune_counts", lambda total, points: [0, total // 2, total])
+    at = run(ko_prune=True, ko_prune_n=20)
+    ctx = at.session_state[compute.CTX_KEY]
+    fig = charts(at)["ko_pruning"]
+    words = " ".join(m.value for m in at.markdown)
+    for lm in ctx.models:
+        line = next(t for t in fig["data"] if t["name"] == f"{lm.role} ({lm.name})")
+        acc = values(line["y"])
+        curve = knockouts._pruning(lm.key, 20, 10, 8, "zero", 1000, lm)
+        np.testing.assert_allclose(acc, curve.accuracy.numpy())
+        np.testing.assert_allclose(values(line["x"]), [0, (curve.num_heads // 2) / curve.num_heads, 1.0])
+        assert knockouts.pruning_sentence(lm.role, curve) in words
+        assert f"{lm.role}: {curve.removable} of {curve.num_heads} heads" in words
+        # removable: the last count before accuracy first falls more than one point below the intact model's
+        ok = acc >= acc[0] - 0.01 - 1e-12
+        expect = curve.removed.tolist()[(len(ok) if ok.all() else int(np.argmin(ok))) - 1]
+        assert curve.removable == expect

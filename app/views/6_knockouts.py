@@ -187,7 +187,10 @@ if run_prune:
         st.markdown(line)
     if curves:
         st.caption("Bands: 95% percentile-bootstrap intervals over the images. Heads are ranked on a separate batch "
-                   f"of {max(1, int(n_images) // 2)} synthetic test images. These are the project's small models on "
+                   f"of {max(1, int(n_images) // 2)} synthetic test images. With {n_images} images one image is "
+                   f"{100 / int(n_images):.1f} points of accuracy, so 'at most one point' means "
+                   f"at most {int(int(n_images) * 0.01 + 1e-9)} of the {n_images} images lost. These are the "
+                   "project's small models on "
                    "synthetic shapes; the paper's redundancy argument is about ImageNet-trained ViT.")
 else:
     st.caption("Switch on *Compute the pruning curves* to measure how many heads each model can lose.")

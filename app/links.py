@@ -64,8 +64,8 @@ PAGE_PARAMS = {  # st.Page url_path -> parameters of that page
 RANGES: dict[str, tuple[float, float]] = {"ex": (0, 999), "steps": (4, 20), "discard": (0.0, 0.95),
                                           "thr": (0.02, 0.5)}
 MAX_INDEX = 10_000
-MAX_TEXT = 100  # characters of a text value (names, steps, methods)
-MAX_ITEMS = 20  # entries of a list value
+MAX_TEXT = 3000  # characters of a value: every head of ViT-L/16 as a list ("23.15," x 384) takes about 2,300
+MAX_ITEMS = 400  # entries of a list value (the most heads of a registry model: 24 blocks x 16 = 384)
 
 
 class LinkError(ValueError):

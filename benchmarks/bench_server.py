@@ -13,7 +13,7 @@ result. Every action is timed from just before it until its script run is over a
 
 Checked and printed: no exception box, no page error or tab crash, no stuck step; after every step
 each session still shows its own image (the sidebar's caption is its own last upload's name) and its
-own weights choice; the server's resident memory (VmRSS) every 20 images, flat after the warm-up
+own weights choice; the server's resident memory (VmRSS) every 10 images, flat after the warm-up
 (the first 20 images) and under `--budget-gb` (the README's total); median and worst latency per
 step; and the latency of the other sessions' steps while a slow method runs against the steps while
 none does (slow methods run in the heavy queue, half the cores; no page waits for it).
@@ -104,7 +104,7 @@ class Stats:
 
     def uploaded(self) -> None:
         self.images += 1
-        if self.images % 20 == 0:
+        if self.images % 10 == 0:
             gb = rss_bytes(self.pid) / 1e9
             self.rss.append((self.images, gb))
             print(f"{self.images:4d} images  server RSS {gb:.2f} GB  ({time.perf_counter() - self.start:.0f} s)",
@@ -301,7 +301,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=240, help="how long the sessions keep going")
     parser.add_argument("--port", type=int, default=8523)
     parser.add_argument("--step-timeout", type=float, default=180, help="seconds before a step counts as stuck")
-    parser.add_argument("--budget-gb", type=float, default=3.5,
+    parser.add_argument("--budget-gb", type=float, default=3.6,
                         help="the server's stated total (README, Serving a class)")
     parser.add_argument("--log", type=Path, default=None, help="write the server's output here")
     parser.add_argument("--env", nargs="*", default=[], metavar="NAME=VALUE",

@@ -25,9 +25,10 @@ down this list, checked by tests/app/test_layers.py):
     models.py        weight sources, loading (`resolve_model`), `LoadedModel`, checkpoint uploads
     images.py        `ImageChoice`: uploads, sample photos, synthetic shapes
     jobs.py          the byte cache (`memo`), the fair queues, waiting for results, progress bars
+    model_cache.py   ModelCache: loaded models under one byte budget, refusals, altered models (no Streamlit)
     device.py        the device, CPU threads, GPU out-of-memory -> CPU fall-back (`guarded`)
     access.py        start-up options (--classroom ...), local or classroom session: who gets which source
-    _cache.py        ByteCache, FairQueue and ModelCache themselves (no Streamlit)
+    _cache.py        ByteCache and FairQueue themselves (no Streamlit)
 """
 
 from __future__ import annotations

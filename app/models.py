@@ -3,7 +3,7 @@
 Owns: the default pair (`T2T_DEFAULT`, `VIT_DEFAULT`), the weight sources the sidebar offers
 (`WEIGHT_SOURCES`, `SOURCE_LABELS`, `weight_sources(name, mode)`, `default_source`), `MODELS` (the
 loaded models of the whole server under one budget in bytes, $T2T_LENS_MODEL_MB, default 2048 MB;
-least recently used unloaded first, see app/_cache.py `ModelCache`), `model_bytes` (a model's size
+least recently used unloaded first, see app/model_cache.py `ModelCache`), `model_bytes` (a model's size
 from the registry, before loading), `load_model`, `LoadedModel` (a model with where its weights came
 from and the numbers pages read: key, family, crop, class names), `resolve_model` (load what this
 session may use, or fall back to the default weights with the reason why), `preload`, and checkpoint
@@ -15,7 +15,7 @@ a model; it refuses a source the session's mode does not allow, whatever the ses
 Models are shared by every session and must stay read-only: work that changes a model (knock-outs)
 uses thread-local hooks or a copy; a model found altered in place is dropped and loaded again.
 
-May import: app._cache, app.access, app.device (GPU -> CPU fall-back while loading), t2t, torch, streamlit.
+May import: app.model_cache, app.access, app.device (GPU -> CPU fall-back while loading), t2t, torch, streamlit.
 """
 
 from __future__ import annotations
@@ -39,9 +39,9 @@ import torch
 from torch import nn
 
 import t2t
-from app._cache import ModelCache, ModelTooLarge, megabytes, module_bytes
 from app.access import SessionMode, session_mode
 from app.device import guarded
+from app.model_cache import ModelCache, ModelTooLarge, megabytes, module_bytes
 
 T2T_DEFAULT = "t2t_vit_7"
 VIT_DEFAULT = "deit_tiny_patch16_224"
@@ -49,7 +49,7 @@ VIT_DEFAULT = "deit_tiny_patch16_224"
 WEIGHT_SOURCES: dict[str, str] = {  # source -> how messages name it
     "embedded": "Project-trained (shipped)",
     "random": "Random (untrained)",
-    "released": "Released ImageNet-1k weights (download)",
+    "released": "Released weights (download)",
     "path": "Checkpoint file on this machine",
     "upload": "Upload a checkpoint",
     "url": "Checkpoint URL",
@@ -57,7 +57,7 @@ WEIGHT_SOURCES: dict[str, str] = {  # source -> how messages name it
 SOURCE_LABELS = {  # short enough to show whole in the sidebar's select boxes
     "embedded": "Project-trained (shipped)",
     "random": "Random (untrained)",
-    "released": "ImageNet-1k (download)",
+    "released": "Released (download)",  # the sidebar names the release's dataset: `source_label`
     "path": "File on this machine",
     "upload": "Upload a file",
     "url": "From a URL",
@@ -72,6 +72,14 @@ def weight_sources(name: str, mode: SessionMode | None = None) -> list[str]:
     repository ships them; a classroom session never gets a path or a URL (app/access.py)."""
     allowed = (mode or session_mode()).sources
     return [s for s in WEIGHT_SOURCES if s in allowed and (s != "embedded" or name in t2t.list_embedded())]
+
+
+def source_label(name: str, source: str) -> str:
+    """The sidebar's short name of `source` for model `name`: a release names the dataset its weights
+    were trained on ("ImageNet-1k (download)", "CIFAR-100 (download)")."""
+    if source == "released":
+        return f"{t2t.get_config(name).dataset} (download)"
+    return SOURCE_LABELS[source]
 
 
 def default_source(name: str) -> str:
@@ -174,7 +182,9 @@ class LoadedModel:
     def weights_label(self) -> str:
         if self.source in CHECKPOINT_SOURCES:
             return Path(self.location).name or self.location
-        return {"embedded": "project-trained", "random": UNTRAINED_NOTICE, "released": "ImageNet-1k"}[self.source]
+        if self.source == "released":
+            return t2t.get_config(self.name).dataset  # "ImageNet-1k", "CIFAR-10", "CIFAR-100"
+        return {"embedded": "project-trained", "random": UNTRAINED_NOTICE}[self.source]
 
     @property
     def label(self) -> str:

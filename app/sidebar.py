@@ -40,7 +40,6 @@ from app.jobs import memo
 from app.models import (
     CHECKPOINT_SOURCES,
     CHECKPOINT_TYPES,
-    SOURCE_LABELS,
     T2T_DEFAULT,
     UNTRAINED_NOTICE,
     VIT_DEFAULT,
@@ -50,6 +49,7 @@ from app.models import (
     default_source,
     resolve_model,
     save_checkpoint_upload,
+    source_label,
     weight_sources,
 )
 from t2t.images import ImageError, PreprocessSteps, sample_images
@@ -124,7 +124,8 @@ def model_picker(role: str, family: str, default: str, device: str,
     sources = weight_sources(name, mode)
     if st.session_state.get(f"{role}_source") not in sources:
         st.session_state[f"{role}_source"] = default_source(name)
-    source = st.selectbox(f"{role} weights", sources, format_func=SOURCE_LABELS.__getitem__, key=f"{role}_source")
+    source = st.selectbox(f"{role} weights", sources, format_func=lambda s: source_label(name, s),
+                          key=f"{role}_source")
     location = ""
     if source == "path":
         location = st.text_input("Checkpoint path (.pth, .pth.tar, .safetensors)", key=f"{role}_path")
@@ -163,6 +164,9 @@ def model_picker(role: str, family: str, default: str, device: str,
         key = lm.cfg.get("state_dict_key")
         st.caption(f"Loaded: **{key}**" + (" (EMA weights)" if key in ("state_dict_ema", "model_ema") else "")
                    if key else "Loaded: a plain weight file (one dictionary, no EMA choice)")
+    scale = lm.cfg.get("qk_scale")
+    if scale:  # the backbone attention temperature these weights are run with (see README: the attention scale)
+        st.caption(f"Backbone attention scale {scale:.4g} ({lm.cfg.get('qk_scale_rule') or 'head_dim ** -0.5'})")
     return lm, notices
 
 

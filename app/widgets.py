@@ -11,8 +11,8 @@ transparent scatter of token centres (`figures.add_token_picker`); `pick_callbac
 point into widget values in session state (run as the chart's on_select callback, before the
 script reruns, so the sliders can be set).
 
-May import: app.figures, streamlit, plotly, t2t.data.synthetic. Not app.compute (it takes a model
-and an image as they are; pages pass them).
+May import: app.figures, streamlit, plotly, t2t (the registry: a release's dataset), t2t.data.synthetic.
+Not app.compute (it takes a model and an image as they are; pages pass them).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 import plotly.graph_objects as go
 import streamlit as st
 
+import t2t
 from app.figures import FONT, TITLE_CHARS, png_config, presentation, wrap
 
 
@@ -148,7 +149,7 @@ def domain_warning(lm, image, what: str = "This image") -> str | None:
     """Why a prediction of model `lm` (an app LoadedModel) on `image` (an ImageChoice) means little, or None.
 
     The project-trained models know only the synthetic shape classes: a photo gets a forced choice
-    among shapes. ImageNet models know no shape class. Random weights know nothing.
+    among shapes. Released models (ImageNet-1k, CIFAR) know no shape class. Random weights know nothing.
     """
     from t2t.data.synthetic import CLASS_NAMES
 
@@ -161,8 +162,10 @@ def domain_warning(lm, image, what: str = "This image") -> str | None:
         return (f"{what} is not one of the synthetic shapes, and {who} knows only the {len(names)} shape "
                 f"classes: its answer is a forced choice among them, not what the image shows. For photos, "
                 "choose *ImageNet-1k (download)* weights in the sidebar.")
-    if len(names) == 1000 and synthetic:  # ImageNet-1k: no class is a shape (other class lists: unknown)
-        return (f"{who} knows the 1000 ImageNet-1k classes, none of which is a synthetic shape: its answer is "
+    released = lm.source == "released" and lm.name in t2t.list_models()
+    dataset = t2t.get_config(lm.name).dataset if released else ("ImageNet-1k" if len(names) == 1000 else None)
+    if dataset and synthetic:  # a release's classes (ImageNet-1k, CIFAR-10, CIFAR-100): none is a shape
+        return (f"{who} knows the {len(names)} {dataset} classes, none of which is a synthetic shape: its answer is "
                 "the nearest of those classes, not the shape.")
     return None
 

@@ -17,7 +17,7 @@ APP = ROOT / "app"
 
 # A module may import app modules of a lower layer only (never its own layer, never a higher one).
 LAYERS: dict[str, int] = {
-    "_cache": 0, "device": 0, "access": 0,
+    "_cache": 0, "device": 0, "access": 0, "model_cache": 1,
     "jobs": 1,
     "models": 2, "images": 2,
     "compute": 3,

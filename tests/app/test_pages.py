@@ -834,3 +834,28 @@ def test_domain_warning_rules() -> None:
     assert C.domain_warning(model("released", [str(i) for i in range(1000)]), photo) is None
     assert C.domain_warning(model("path", [f"class {i}" for i in range(10)]), synthetic) is None  # unknown list
     assert "random weights" in C.domain_warning(model("random", shapes), synthetic)
+
+
+def test_a_cifar_release_is_named_by_its_dataset(local_session: None) -> None:
+    """Issue 19: the weights box names the dataset of the release (not always "ImageNet-1k"), the loaded
+    model's label says it, and a shape shown to a CIFAR model gets the notice with its own classes."""
+    from types import SimpleNamespace
+
+    from t2t.registry import dataset_class_names
+
+    assert models.source_label("t2t_vit_14_cifar100", "released") == "CIFAR-100 (download)"
+    assert models.source_label("t2t_vit_19_cifar10", "released") == "CIFAR-10 (download)"
+    assert models.source_label("t2t_vit_14", "released") == "ImageNet-1k (download)"
+    lm = models.LoadedModel("T2T-ViT", "t2t_vit_14_cifar10", "released", "", "cpu", t2t.create_model("t2t_vit_7"))
+    assert lm.weights_label == "CIFAR-10"
+    cifar = SimpleNamespace(role="T2T-ViT", name="t2t_vit_14_cifar100", weights_label="CIFAR-100", source="released",
+                            class_names=list(dataset_class_names("CIFAR-100")))
+    warning = C.domain_warning(cifar, images.synthetic_image(0, 0))
+    assert "knows the 100 CIFAR-100 classes, none of which is a synthetic shape" in warning
+    assert C.domain_warning(cifar, SimpleNamespace(key="sample:cat")) is None
+
+    at = AppTest.from_file(MAIN, default_timeout=TIMEOUT).run()
+    at.selectbox(key="T2T-ViT_name").set_value("t2t_vit_14_cifar100").run()
+    box = at.selectbox(key="T2T-ViT_source")
+    assert "CIFAR-100 (download)" in box.options and "ImageNet-1k (download)" not in box.options
+    assert any("Backbone attention scale 0.125 (head_dim ** -0.5)" in c.value for c in at.sidebar.caption)

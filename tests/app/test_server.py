@@ -26,7 +26,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from app._cache import Abandoned, ByteCache, FairQueue, ModelCache, ModelTooLarge, module_bytes, nbytes
+from app._cache import Abandoned, ByteCache, FairQueue, nbytes
+from app.model_cache import ModelCache, ModelTooLarge, module_bytes
 
 ROOT = Path(__file__).resolve().parents[2]
 MAIN = str(ROOT / "app" / "main.py")

@@ -9,12 +9,15 @@ import streamlit as st
 from app import charts, compute, figures, images, widgets
 from t2t.images import ImageError
 
+BATCH_UPLOADS = 32  # a class shares one server: a batch of uploads is classified this many at a time
+
 ctx = compute.context()
 st.header("Classify")
 widgets.explain_text(
     "The five most likely classes of each model, with their probabilities. The shipped models were trained "
     "on ten synthetic shape classes (stripes, rings, triangles, …), so they can only answer with those; a "
-    "model with released ImageNet weights answers with the 1000 ImageNet classes. Look for: do the two models "
+    "model with released weights answers with the classes of its dataset (the 1000 ImageNet-1k classes, or "
+    "CIFAR's 10 or 100). Look for: do the two models "
     "agree? How sure are they? Try a batch of synthetic test images to compare their accuracy, or upload your "
     "own images."
 )
@@ -47,8 +50,13 @@ if source.startswith("Synthetic"):
     batch = [(im, classes[label]) for im, label in images.synthetic_batch(int(n))]
     run_batch = st.button("Classify the batch", key="batch_go", type="primary")
 else:
-    files = st.file_uploader("Images", type=images.IMAGE_TYPES, accept_multiple_files=True, key="batch_upload")
+    files = st.file_uploader("Images", type=images.IMAGE_TYPES, accept_multiple_files=True, key="batch_upload",
+                             help=f"At most {BATCH_UPLOADS} images are classified at a time.")
     run_batch = bool(files)
+    if files and len(files) > BATCH_UPLOADS:  # one session must not hold the server's cores for hundreds of images
+        st.warning(f"{len(files)} images uploaded: classifying the first {BATCH_UPLOADS}. "
+                   "Remove some to see the others.")
+        files = files[:BATCH_UPLOADS]
     for file in files or []:
         try:
             batch.append((images.image_from_bytes(file.name, file.getvalue()), None))

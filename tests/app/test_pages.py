@@ -506,6 +506,18 @@ def test_classify_uploaded_batch_with_a_bad_file() -> None:
     assert list(table["image"]) == ["red.png"]
 
 
+def test_classify_caps_a_batch_of_uploads() -> None:
+    """A class shares one server: 40 uploads are classified 32 at a time, with a notice."""
+    at = run("views/5_classify.py")
+    at.radio(key="batch_source").set_value("My uploads")
+    run(at=at)
+    files = [(f"img{i}.png", png(Image.new("RGB", (16, 16), (6 * i, 30, 30))), "image/png") for i in range(40)]
+    at.file_uploader(key="batch_upload").set_value(files)
+    run(at=at)
+    assert any("40 images uploaded: classifying the first 32" in w.value for w in at.warning)
+    assert list(at.dataframe[0].value["image"]) == [f"img{i}.png" for i in range(32)]
+
+
 # ----------------------------------------------------------------------------------------------
 # Bad and unusual image uploads
 # ----------------------------------------------------------------------------------------------

@@ -251,8 +251,9 @@ def head_grid_figure(values: np.ndarray | None, shape: tuple[int, int], out: Seq
         selected={"marker": {"color": "rgba(255,255,255,0.01)"}}, unselected={"marker": {"opacity": 1}},
         customdata=np.stack([blocks, heads], axis=-1), hoverinfo=None if pickable else "skip"))
     fig.update_layout(height=height, margin={"l": 10, "r": 10, "t": 40, "b": 40}, title={"text": title, "font": FONT},
-                      xaxis={"title": "head", "dtick": 1, "range": [-0.5, nh - 0.5]},
-                      yaxis={"title": "block", "dtick": 1, "autorange": "reversed"},
+                      xaxis={"title": "head", "dtick": 1, "range": [-0.5, nh - 0.5], "automargin": True},
+                      # block 0 on top; automargin: the block numbers need room the 10 px margin lacks
+                      yaxis={"title": "block", "dtick": 1, "range": [nb - 0.5, -0.5], "automargin": True},
                       showlegend=False, font=FONT, **CHART)
     return fig
 
@@ -281,7 +282,7 @@ SANITY_METRICS = {"spearman_abs": ("|Spearman| (of |map|)", "#d62728"), "spearma
                   "ssim": ("SSIM", "#2ca02c")}
 
 
-def sanity_figure(curve: dict[str, object], title: str, threshold: float, height: int = 300) -> go.Figure:
+def sanity_figure(curve: dict[str, object], title: str, threshold: float, height: int = 460) -> go.Figure:
     """Similarity to the intact model's map as layers are re-initialised from the head down (x: what
     was re-initialised last), one line per metric, and the verdict's threshold as a dotted line."""
     layers = list(curve["layers"])  # type: ignore[call-overload]

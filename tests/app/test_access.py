@@ -52,7 +52,8 @@ def captions(at: AppTest) -> str:
 
 def sources(at: AppTest, role: str) -> set[str]:
     """The weight sources the role's box offers (its options are their labels)."""
-    by_label = {label: source for source, label in models.SOURCE_LABELS.items()}
+    name = at.selectbox(key=f"{role}_name").value
+    by_label = {models.source_label(name, source): source for source in models.SOURCE_LABELS}
     return {by_label[label] for label in at.selectbox(key=f"{role}_source").options}
 
 

@@ -721,7 +721,7 @@ def test_weights_box_offers_only_what_exists() -> None:
     at.selectbox(key="T2T-ViT_name").set_value("t2t_vit_10")
     run(at=at)
     box = at.selectbox(key="T2T-ViT_source")
-    assert "embedded" not in box.options and box.value == "random"
+    assert models.SOURCE_LABELS["embedded"] not in box.options and box.value == "random"  # options are labels
     assert at.session_state[compute.CTX_KEY].t2t.source == "random"
     at.selectbox(key="T2T-ViT_name").set_value("t2t_vit_7")
     run(at=at)

@@ -18,7 +18,6 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-from captum.attr import FeatureAblation, IntegratedGradients, LayerGradCam, Occlusion
 from einops import rearrange
 from torch import Tensor, nn
 
@@ -177,6 +176,7 @@ def _integrated_gradients(
     target = model_targets(model, images, target)
     baselines = torch.as_tensor(baseline, dtype=images.dtype, device=images.device).expand_as(images)
     if method != ADAPTIVE:
+        from captum.attr import IntegratedGradients  # here, not at import: Captum takes 0.7 s to import
         attr, delta = IntegratedGradients(model).attribute(
             images, baselines=baselines, target=target, n_steps=n_steps, method=method,
             internal_batch_size=internal_batch_size, return_convergence_delta=True,
@@ -363,6 +363,7 @@ def occlusion_pixels(
     cell = images.shape[-1] // grid[1]
     window = window or 2 * cell
     stride = stride or cell
+    from captum.attr import Occlusion  # here, not at import: Captum takes 0.7 s to import
     attr = Occlusion(model).attribute(
         images,
         sliding_window_shapes=(images.shape[1], window, window),
@@ -403,6 +404,7 @@ def token_ablation_map(
     logits, grid = predict_and_grid(model, images)
     target = resolve_target(logits, target)
     cells = token_cells(tuple(images.shape[-2:]), grid, images.device)
+    from captum.attr import FeatureAblation  # here, not at import: Captum takes 0.7 s to import
     attr = FeatureAblation(model).attribute(
         images,
         baselines=baseline,
@@ -457,6 +459,7 @@ def gradcam_map(
 
     handle = layer.register_forward_hook(route)
     try:
+        from captum.attr import LayerGradCam  # here, not at import: Captum takes 0.7 s to import
         cam = LayerGradCam(model, to_map).attribute(images, target=target, relu_attributions=True)
     finally:
         handle.remove()

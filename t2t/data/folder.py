@@ -121,10 +121,11 @@ Transform = tuple  # (mean, std, img_size, crop_pct, interpolation): models with
 
 def eval_transform(model, crop_pct: float | None = None) -> Transform:
     """A model's own evaluation transform (timm's eval transform, as the official `main.py --eval_checkpoint`):
-    resize the shorter side to floor(img_size / crop_pct) with its interpolation, centre crop, mean / std."""
-    cfg = model.default_cfg
-    return (tuple(cfg["mean"]), tuple(cfg["std"]), int(cfg["img_size"]), float(crop_pct or cfg["crop_pct"]),
-            str(cfg.get("interpolation", "bicubic")))
+    resize the shorter side to floor(img_size / crop_pct) with its interpolation, centre crop, mean / std.
+    The tuple form of `t2t.inference.transform_for` (one definition of it)."""
+    from t2t.inference import transform_for
+
+    return transform_for(model, crop_pct).as_tuple()
 
 
 def read_inputs(path: str | Path, transforms: list[Transform]):

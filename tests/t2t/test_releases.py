@@ -293,7 +293,8 @@ def test_eval_transform_is_the_references(name):
     # CIFAR images are 32 x 32; ImageNet photos are not square
     shape = (32, 32, 3) if family(name) == "cifar" else (300, 410, 3)
     img = Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8))
-    got = preprocess(img, *eval_transform(model))[0]
+    got = t2t.transform_for(model)(img)  # the public API; validate and the report use its tuple form
+    torch.testing.assert_close(preprocess(img, *eval_transform(model))[0], got, rtol=0, atol=0)
     torch.testing.assert_close(got, reference_input(img, name, size), rtol=0, atol=1e-5)
 
 

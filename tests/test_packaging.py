@@ -1,0 +1,151 @@
+"""`pip install .` (not editable) into a new virtual environment gives a library that works from anywhere.
+
+torch is "already there": the new environment sees this environment's torch (and what torch needs) through
+symbolic links, as a machine with its own CUDA build would have it; pip installs everything else from the
+package's declared dependencies. The README's quickstart then runs from another folder, so the embedded
+weights, class lists and sample photos must come along as package data.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import os
+import re
+import shutil
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+import pytest
+
+from tests.test_readme import ROOT, run_quickstart, write_photo
+
+pytestmark = pytest.mark.slow
+
+
+def repository_files() -> list[str]:
+    """What a clean clone holds, plus files not yet committed (`git ls-files`, ignored ones left out)."""
+    out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout
+    return [f for f in out.split("\0") if f and (ROOT / f).is_file()]
+
+
+def requirement_closure(name: str) -> set[str]:
+    """`name` and every distribution it requires (unconditional requirements), as installed here."""
+    seen: set[str] = set()
+    todo = [name]
+    while todo:
+        dist = md.distribution(todo.pop())
+        key = dist.metadata["Name"].lower()
+        if key in seen:
+            continue
+        seen.add(key)
+        for req in dist.requires or []:
+            if ";" in req and "extra" in req.split(";", 1)[1]:
+                continue
+            todo.append(re.split(r"[\s<>=!~;\[(]", req, maxsplit=1)[0])
+    return seen
+
+
+def link_distributions(names: set[str], site: Path) -> None:
+    """Symlink each installed distribution's top-level files (packages, modules, dist-info) into `site`."""
+    for name in names:
+        dist = md.distribution(name)
+        tops = {Path(str(f)).parts[0] for f in dist.files or [] if not str(f).startswith("..")}
+        for top in tops:
+            source = Path(dist.locate_file(top))
+            target = site / top
+            if source.exists() and not target.exists() and not top.endswith(".pth") and top != "__pycache__":
+                target.symlink_to(source)
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory) -> Path:
+    """A new venv with the repository installed non-editable; returns its python."""
+    tmp = tmp_path_factory.mktemp("pkg")
+    source = tmp / "source"
+    for rel in repository_files():
+        (source / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / rel, source / rel)
+    env_dir = tmp / "venv"
+    venv.EnvBuilder(with_pip=True).create(env_dir)
+    python = env_dir / "bin" / "python"
+    site = Path(subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                               capture_output=True, text=True, check=True).stdout.strip())
+    link_distributions(requirement_closure("torch"), site)
+    out = subprocess.run([python, "-m", "pip", "install", "-q", "--disable-pip-version-check", str(source)],
+                         capture_output=True, text=True, timeout=900, env={**os.environ, "PIP_NO_INPUT": "1"})
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    return python
+
+
+def run(python: Path, code: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([str(python), "-c", code], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def test_the_installed_package_is_not_the_repository_and_kept_torch(installed, tmp_path):
+    out = run(installed, "import t2t, analysis, torch; print(t2t.__file__); print(analysis.__file__); "
+                         "print(torch.__version__)", tmp_path)
+    assert out.returncode == 0, out.stderr
+    t2t_file, analysis_file, torch_version = out.stdout.split()
+    for f in (t2t_file, analysis_file):
+        assert "site-packages" in f and not f.startswith(str(ROOT)), f
+    import torch
+
+    assert torch_version == torch.__version__  # pip did not replace the torch that was there
+
+
+def test_quickstart_runs_from_another_folder(installed, tmp_path):
+    write_photo(tmp_path)
+    out = run_quickstart(installed, tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "QUICKSTART-OK (1, 14, 14)" in out.stdout
+
+
+def test_package_data_comes_along(installed, tmp_path):
+    code = ("import t2t; print(sorted(t2t.list_embedded())); print(sorted(t2t.sample_images())); "
+            "m = t2t.create_model('deit_tiny_patch16_224', pretrained='embedded'); print(len(m.class_names)); "
+            "from t2t.registry import dataset_class_names as d; print(len(d('ImageNet-1k')), len(d('CIFAR-100')))")
+    out = run(installed, code, tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.splitlines()
+    import t2t
+
+    assert lines[0] == str(sorted(t2t.list_embedded())) and lines[1] == str(sorted(t2t.sample_images()))
+    assert lines[2:] == ["10", "1000 100"]
+
+
+def test_the_library_installs_without_the_app(installed, tmp_path):
+    out = run(installed, "import importlib.util as u; print(u.find_spec('streamlit') is None)", tmp_path)
+    assert out.stdout.strip() == "True", "streamlit is an [app] extra, not a dependency of the library"
+    # the command-line tools of the library work; the app's command says what to install
+    out = subprocess.run([str(installed), "-m", "t2t", "list"], cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 0 and "t2t_vit_14" in out.stdout, out.stderr[-2000:]
+    out = subprocess.run([str(installed), "-m", "analysis.report", "--help"], cwd=tmp_path, capture_output=True,
+                         text=True)
+    assert out.returncode == 0 and "usage" in out.stdout.lower(), out.stderr[-2000:]
+    out = subprocess.run([str(installed.parent / "t2t-lens")], cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode != 0 and "pip install 't2t-lens[app]'" in out.stderr
+
+
+def test_declared_dependencies_cover_what_the_library_imports():
+    """Every third-party module imported at the top of t2t/ and analysis/ (except the figure and
+    report modules' optional ones) is a declared dependency or a requirement of one."""
+    import tomllib
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    declared = {re.split(r"[\s<>=!~;\[]", d, maxsplit=1)[0].lower() for d in deps}
+    provided = set().union(*(requirement_closure(d) for d in declared))
+    module_to_dist = {"PIL": "pillow", "yaml": "pyyaml"}
+    stdlib = set(sys.stdlib_module_names)
+    imported: set[str] = set()
+    for folder in ("t2t", "analysis"):
+        for path in (ROOT / folder).rglob("*.py"):
+            for line in path.read_text().splitlines():
+                m = re.match(r"(?:from|import) ([A-Za-z_][\w]*)", line)  # module level only: no indent
+                if m and m.group(1) not in stdlib and m.group(1) not in ("t2t", "analysis", "__future__"):
+                    imported.add(m.group(1))
+    optional = {"plotly"}  # analysis.figures: plotly figures for the app ([app] extra)
+    missing = {m for m in imported - optional if module_to_dist.get(m, m).lower() not in provided}
+    assert not missing, f"imported at module level but not declared in pyproject.toml: {sorted(missing)}"

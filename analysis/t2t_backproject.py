@@ -35,8 +35,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
-from t2t.t2t_vit import SOFT_SPLITS as T2T_SOFT_SPLITS  # (kernel, stride, padding) of soft_split0, 1, 2
-from t2t.t2t_vit import grid_after as unfold_out_size  # windows along one side: an unfold's output size
+from t2t.tokens import SOFT_SPLITS as T2T_SOFT_SPLITS  # (kernel, stride, padding) of soft_split0, 1, 2
+from t2t.tokens import grid_after as unfold_out_size  # windows along one side: an unfold's output size
 from t2t.trace import window_box
 
 BACKPROJECT_MODES = ("mass", "coverage")

@@ -1,6 +1,6 @@
 """Building blocks shared by T2T-ViT and ViT.
 
-Every module takes an optional `tape` (see `t2t.trace.Tape`). Without one the
+Every module takes an optional `tape` (see `t2t.tokens.Tape`). Without one the
 module runs its fastest path (fused `scaled_dot_product_attention`, no attention
 matrix is formed); with one it records what it computes under short names.
 State-dict names follow the official T2T-ViT and timm code exactly, so released
@@ -18,7 +18,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 if TYPE_CHECKING:
-    from t2t.trace import Tape
+    from t2t.tokens import Tape
 
 
 def sinusoid_table(n_position: int, dim: int) -> Tensor:

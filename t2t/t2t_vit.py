@@ -22,16 +22,11 @@ from torch import Tensor, nn
 
 from t2t.layers import Block, ClassTokenBackbone, TokenPerformer, TokenTransformer, init_weights, sinusoid_table
 
+# the soft-split geometry lives in t2t.tokens (receptive fields use it too); still importable from here
+from t2t.tokens import SOFT_SPLITS, grid_after
+
 if TYPE_CHECKING:
-    from t2t.trace import Tape
-
-# (kernel, stride, padding) of the three soft splits
-SOFT_SPLITS = ((7, 4, 2), (3, 2, 1), (3, 2, 1))
-
-
-def grid_after(size: int, kernel: int, stride: int, padding: int) -> int:
-    """Number of windows along one side: the output size of an unfold."""
-    return (size + 2 * padding - kernel) // stride + 1
+    from t2t.tokens import Tape
 
 
 class SoftSplit(nn.Module):

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from t2t.layers import Block, ClassTokenBackbone, init_weights
 
 if TYPE_CHECKING:
-    from t2t.trace import Tape
+    from t2t.tokens import Tape
 
 
 class PatchEmbed(nn.Module):

@@ -1,0 +1,1 @@
+"""The parts of the GPU check, one module each (see benchmarks/gpu/__init__.py)."""

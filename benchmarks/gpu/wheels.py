@@ -38,8 +38,20 @@ statsmodels sympy tabulate tensorboard tensorboard-data-server tensorstore threa
 tokenizers toolz torch torchaudio torchdiffeq torch-geometric torchmetrics torchvision tqdm transformers treescope
 triton typer typing-extensions typing-inspect urllib3 uvloop wadler-lindig werkzeug wheel wrapt xarray xxhash yarl
 zipp""".split())
-# What the library, the report and the app import (requirements.txt without torch and the test/notebook tools).
-RUNTIME = ("einops", "safetensors", "numpy", "pillow", "tqdm", "streamlit", "plotly", "matplotlib", "captum")
+
+
+def _runtime() -> tuple[str, ...]:
+    """What the library, the report and the app need: pyproject.toml's dependencies and [app] extra, torch aside."""
+    import re
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    names = [re.split(r"[\s<>=!~;\[]", r, maxsplit=1)[0] for r in
+             project["dependencies"] + project["optional-dependencies"]["app"]]
+    return tuple(n for n in names if n != "torch")
+
+
+RUNTIME = _runtime()
 # Browser and notebook assets that AppTest and figure JSON never read: left out so the wheels fit the carry limit.
 PRUNE = {"streamlit": ("streamlit/static/",),
          "plotly": ("plotly/package_data/widgetbundle.js", "plotly/package_data/plotly.min.js",

@@ -3,9 +3,13 @@
 Owns: which URL parameter holds which widget's session-state key and how its text is parsed
 (`COMMON_PARAMS` on every page, `PAGE_PARAMS` per page, `_decode` / `_encode` per kind),
 `restore_from_url` (a session's first run), `link_notices` (after that run's page: what the page
-could not show as the link asked) and `write_to_url` (every run). A new page adds its parameters to
-`PAGE_PARAMS` under its st.Page url_path (and its fixed ranges to `RANGES`); a new kind of value adds
-a branch to `_decode` and `_encode`.
+could not show as the link asked) and `write_to_url` (every run); for guided tours (app/tours.py),
+`decode_param` (a tour file's value, checked as a link's is), `view_keys` (every page's widget keys:
+a tour step starts from their defaults), `expect` (a step's values, named in a notice when a page
+changes one) and `tour_query` / `write_tour_to_url` (a step's address: `?tour=NAME&step=K`, plus the
+models and image when they are not the defaults). A new page adds its parameters to `PAGE_PARAMS`
+under its st.Page url_path (and its fixed ranges to `RANGES`); a new kind of value adds a branch to
+`_decode` and `_encode`.
 
 A link is input from anyone: every value is checked here (type, finite, range, length, the model
 names of the registry, and the weight sources this session's mode allows: a link can never widen
@@ -25,7 +29,7 @@ import streamlit as st
 import t2t
 from app.access import session_mode
 from app.images import IMAGE_SOURCES, synthetic_class_names
-from app.models import T2T_DEFAULT, VIT_DEFAULT, weight_sources
+from app.models import T2T_DEFAULT, VIT_DEFAULT, default_source, weight_sources
 from t2t.images import sample_images
 
 # Each URL parameter names one widget's session-state key and how its value is written. The common
@@ -143,6 +147,11 @@ def _shown(text: str) -> str:
     return "`" + short.replace("`", "'").replace("\n", " ") + "`"
 
 
+def shown(text: str) -> str:
+    """A value as a notice quotes it (`_shown`), for the tours' notices."""
+    return _shown(text)
+
+
 def _encode(kind: str, value: object) -> str:
     if kind == "bool":
         return "1" if value else "0"
@@ -163,6 +172,27 @@ def _params(url_path: str) -> tuple:
     return COMMON_PARAMS + PAGE_PARAMS.get(url_path or "tokens", ())
 
 
+TOUR_PARAMS = ("tour", "step")  # a guided tour's address (app/tours.py); its page's own `step` is then not read
+
+
+def decode_param(name: str, kind: str, text: str, query: dict[str, str]) -> object:
+    """The widget value of parameter `name` written as `text`, checked as a link's value is (type, range,
+    length, registry names, photos, this session's weight sources); raises LinkError saying why not."""
+    value = _decode(kind, text, name)
+    _check(name, value, query)
+    return value
+
+
+def view_keys() -> set[str]:
+    """The session-state keys of every page's link parameters (not the common ones: models, image,
+    presentation mode): popping them gives each page's default view."""
+    keys: set[str] = set()
+    for params in PAGE_PARAMS.values():
+        for _, key, _ in params:
+            keys.update(key if isinstance(key, tuple) else (key,))
+    return keys
+
+
 _ASKED = "_link_asked"  # session-state keys a link set, and the values it asked for
 _NOTICES = "_link_notices"
 
@@ -177,8 +207,10 @@ def restore_from_url(url_path: str) -> list[str]:
         return notices
     st.session_state["_url_restored"] = True
     query = st.query_params.to_dict()
-    asked: dict[str, tuple[str, object]] = {}
-    for name, key, kind in _params(url_path):
+    asked: dict[str, tuple[str, object, str]] = {}
+    # a tour's address holds the tour and its step, and at most the models and image: the step sets the rest
+    params = COMMON_PARAMS if TOUR_PARAMS[0] in query else _params(url_path)
+    for name, key, kind in params:
         if name not in query:
             continue
         try:
@@ -190,22 +222,39 @@ def restore_from_url(url_path: str) -> list[str]:
         pairs = zip(key, value, strict=True) if isinstance(key, tuple) else [(key, value)]  # type: ignore[call-overload]
         for k, v in pairs:
             st.session_state[k] = v
-            asked[k] = (name, v)
+            asked[k] = (name, v, "link")
     st.session_state[_ASKED] = asked
     return notices
+
+
+def expect(values: dict[str, tuple[str, object]]) -> None:
+    """A tour step's values (session-state key -> (parameter, value)), set by app/tours.py before the
+    page runs: after the page, `link_notices` names each one the page could not show (a block the models
+    in use do not have...). They replace what a link asked for the same keys."""
+    asked = st.session_state.get(_ASKED) or {}
+    asked.update({k: (name, v, "step") for k, (name, v) in values.items()})
+    st.session_state[_ASKED] = asked
 
 
 def link_notices() -> list[str]:
     """After the first run's page: a notice for each value the link set that the page changed (a token
     or block that does not exist in the models in use, an unknown method...). Empty after that run."""
     asked = st.session_state.pop(_ASKED, None) or {}
-    changed: dict[str, list[str]] = {}
-    for key, (name, value) in asked.items():
+    changed: dict[tuple[str, str], tuple[list[str], list[str]]] = {}
+    for key, (name, value, who) in asked.items():
         if key in st.session_state and st.session_state[key] != value:
-            changed.setdefault(name, []).append(str(st.session_state[key]))
+            was, now = changed.setdefault((name, who), ([], []))
+            was.append(str(value))
+            now.append(str(st.session_state[key]))
     query = st.query_params.to_dict()
-    return [f"The link's `{name}` value {_shown(query.get(name, ''))} does not exist here: showing "
-            f"{_shown(','.join(now))} instead." for name, now in changed.items()]
+    return [(f"The link's `{name}` value {_shown(query.get(name, ''))}" if who == "link" else
+             f"This tour step's `{name}` value {_shown(','.join(was))}") + " does not exist here: showing "
+            f"{_shown(','.join(now))} instead." for (name, who), (was, now) in changed.items()]
+
+
+def keep_notices(notices: list[str]) -> None:
+    """Notices for the next run (a tour's link switches to its step's page before this run shows them)."""
+    st.session_state[_NOTICES] = list(notices)
 
 
 def link_pending() -> bool:
@@ -225,8 +274,41 @@ def forget_link(url_path: str, why: BaseException) -> None:
 
 def write_to_url(url_path: str) -> None:
     """Write the current view (common widgets and this page's) into the address bar."""
-    params: dict[str, str] = {}
-    for name, key, kind in _params(url_path):
+    params = _view_params(_params(url_path))
+    if params != st.query_params.to_dict():
+        st.query_params.from_dict(params)
+
+
+def _default_common() -> dict[str, str]:
+    """The common parameters of a new session's view (the default models, weights and image)."""
+    # app.images.default_image: the synthetic triangle, example 0
+    return {"t2t": T2T_DEFAULT, "t2t_w": default_source(T2T_DEFAULT), "vit": VIT_DEFAULT,
+            "vit_w": default_source(VIT_DEFAULT), "img": SHAPE, "shape": "triangle", "ex": "0", "present": "0"}
+
+
+def tour_query(tour: str, step: int, common: dict[str, str] | None = None) -> dict[str, str]:
+    """A tour step's address: `?tour=NAME&step=K`, and the models, weights and image in use (`common`, by
+    default the session's) where they are not a new session's (so the link reopens the step on them); the
+    step sets everything else."""
+    params = {TOUR_PARAMS[0]: tour, TOUR_PARAMS[1]: str(step)}
+    defaults = _default_common()
+    for name, value in (_view_params(COMMON_PARAMS) if common is None else common).items():
+        if defaults.get(name) != value:
+            params[name] = value
+    return params
+
+
+def write_tour_to_url(tour: str, step: int) -> None:
+    """Write a tour step's address (`tour_query`) into the address bar."""
+    params = tour_query(tour, step)
+    if params != st.query_params.to_dict():
+        st.query_params.from_dict(params)
+
+
+def _view_params(params: tuple) -> dict[str, str]:
+    """The URL text of each of `params` that the session state holds (what the view shows)."""
+    out: dict[str, str] = {}
+    for name, key, kind in params:
         keys = key if isinstance(key, tuple) else (key,)
         if not all(k in st.session_state for k in keys):
             continue
@@ -237,6 +319,5 @@ def write_to_url(url_path: str) -> None:
         if name.endswith("_ema") and st.session_state[key] is True:  # the default: keep links short
             continue
         value = tuple(st.session_state[k] for k in keys) if isinstance(key, tuple) else st.session_state[key]
-        params[name] = _encode(kind, value)
-    if params != st.query_params.to_dict():
-        st.query_params.from_dict(params)
+        out[name] = _encode(kind, value)
+    return out

@@ -6,7 +6,8 @@ Serve a class:                 streamlit run app/main.py -- --classroom [--allow
 
 This script draws the sidebar shared by every page (model pair, device, image, preprocessing),
 stores what it chose as a `Context` in session state, then runs the page picked in the
-navigation (`app/views/`).
+navigation (`app/views/`). A guided tour (`?tour=NAME&step=K`, app/tours.py) goes to its step's
+page and draws its bar above the page.
 
 Map of app/ (each module's docstring says what it owns and what it may import; imports run one way,
 down this list, checked by tests/app/test_layers.py):
@@ -14,6 +15,9 @@ down this list, checked by tests/app/test_layers.py):
     main.py          this script: the page list (names and URLs), the order of a run
     views/N_*.py     the pages: widgets, cached library calls, figures, the sentence from the numbers
     sidebar.py       the sidebar: device, model pair and image pickers, preprocessing; builds the Context
+    export.py        lessons to take home: a tour as one self-contained HTML file (python -m app.export)
+    tours.py         guided tours (lessons/*.toml): checking the files, the fields of their texts, the bar
+                     above the page, Back / Next, the sidebar's list, the tour's address
     links.py         lesson links: URL query parameters <-> widget state (add a page's parameters here),
                      every value checked: a link never breaks a page nor widens the weight sources
     widgets.py       Streamlit pieces: `show` a figure, click callbacks, texts, outside-the-classes notices
@@ -43,7 +47,7 @@ if str(ROOT) not in sys.path:  # `streamlit run app/main.py` puts app/ on the pa
 import streamlit as st  # noqa: E402
 
 # charts, explanations, figures, widgets: the pages' own modules, imported at start-up like the rest
-from app import charts, explanations, figures, jobs, links, models, widgets  # noqa: E402, F401
+from app import charts, explanations, export, figures, jobs, links, models, tours, widgets  # noqa: E402, F401
 from app.access import server_options  # noqa: E402
 from app.compute import CTX_KEY  # noqa: E402
 from app.sidebar import sidebar  # noqa: E402
@@ -62,6 +66,8 @@ st.set_page_config(page_title="t2t-lens", page_icon=":material/grid_on:", layout
 # The pages live in views/, not pages/: Streamlit treats a pages/ folder beside the main script as its
 # legacy multipage app, which runs a deep-linked page (e.g. /attention as a session's first request)
 # without this script, hence without the sidebar and its context.
+# A new page: one entry here (its url_path is its lesson links' and tours' `page`), its parameters in
+# links.PAGE_PARAMS. The order is the navigation's.
 PAGES = [
     st.Page("views/1_tokens_to_token.py", title="Tokens-to-Token, step by step", icon=":material/grid_on:",
             url_path="tokens", default=True),
@@ -71,18 +77,35 @@ PAGES = [
             url_path="features"),
     st.Page("views/5_classify.py", title="Classify", icon=":material/bar_chart:", url_path="classify"),
     st.Page("views/6_knockouts.py", title="Knock-outs", icon=":material/block:", url_path="knockouts"),
+    # next: the soft-split sandbox (views/7_soft_split_sandbox.py, url_path "sandbox"), the mechanisms page
 ]
+PAGE_AT = {p.url_path or "tokens": p for p in PAGES}  # the default page answers at "/": its url_path is ""
+TITLES = {path: p.title for path, p in PAGE_AT.items()}
 
 
 page = st.navigation(PAGES)
+path = page.url_path or "tokens"
 jobs.new_run()
+widgets.new_run()
 notices = links.restore_from_url(page.url_path)
+notices += tours.open_from_url()  # ?tour=NAME&step=K: the step's view (after the link's models and image)
+target = tours.switch_to(path)  # a step just entered (link, Back, Next) whose page is not this one
+if target in PAGE_AT:
+    links.keep_notices(notices)  # shown by that page's run
+    st.switch_page(PAGE_AT[target], query_params=links.tour_query(**tours.where()))
+elif target is not None:  # a page with link parameters but not (yet) in PAGES
+    notices.append(f"This tour step's page `{target}` is not a page of this app.")
+tours.sidebar_list()
+bar_slot = st.container(key=tours.BAR_KEY) if tours.active() else None  # above everything, kept in view
 link_slot = st.empty()  # what the link asked for and could not get: above the page, filled before and after it
 if notices:
     link_slot.warning("\n\n".join(notices))
+bar = None
 try:
     context, messages = sidebar()
     st.session_state[CTX_KEY] = context
+    if bar_slot is not None:
+        bar = tours.draw_bar(bar_slot, context, path, TITLES, export.lesson_bytes)
     for message in messages:
         st.warning(message)
     page.run()
@@ -94,6 +117,7 @@ except Exception as err:  # only a first run with a link's values is caught: its
 notices += links.link_notices()
 if notices:
     link_slot.warning("\n\n".join(notices))
-links.write_to_url(page.url_path)
+tours.write_url(page.url_path)  # the view (a tour's step: its address) in the address bar
 jobs.finish_run()  # results of this run's quick background jobs, drawn in their places
+tours.after_page(bar, path)  # frame the figure the step is about (after the jobs: some figures come late)
 jobs.return_free_memory()

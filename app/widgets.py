@@ -2,8 +2,9 @@
 what the models know (outside-the-classes warnings, the class list).
 
 Owns: `show` (a figure with its own colours, a PNG download button, fixed axes, presentation
-mode), the on_select callbacks (`pick_callback`, `tile_callback`: module functions bound to plain
-values, never closures over a page, which Streamlit would keep alive for the session's life),
+mode; `styled` is that look without Streamlit, `shown_keys` the figures this run drew), the
+on_select callbacks (`pick_callback`, `tile_callback`: module functions bound to plain values,
+never closures over a page, which Streamlit would keep alive for the session's life),
 `explain_text`, `domain_warning` / `domain_notice` / `class_list`.
 
 Clicking a token: plotly heatmap cells fire no selection events, so clickable figures carry a
@@ -26,20 +27,34 @@ import streamlit as st
 import t2t
 from app.figures import FONT, TITLE_CHARS, png_config, presentation, wrap
 
+SHOWN_KEY = "_t2t_lens_shown"  # the keys of the figures drawn in this session's current run (app/tours.py)
+
 
 def show(fig: go.Figure, key: str, on_select: Callable[[], None] | None = None, filename: str | None = None) -> None:
     """Draw a figure with its own colours (Streamlit's chart theme would replace the colour scales);
     with `on_select`, clicking a point of a picker calls it before the rerun.
 
-    The toolbar holds one button, "Download plot as a png" (2x scale, for slides), named `filename`
-    (default: the key). Axes are fixed: dragging selects nothing and zooms nothing, double-clicking
-    changes nothing, so a figure can never be left zoomed or shrunk with no way back; clicks still
-    pick points. No template is set here: assigning one costs ~20 ms of plotly validation per figure;
-    charts set a white background themselves (`CHART`)."""
+    The figure is `styled` first (fixed axes, title above the plot, presentation mode). The toolbar holds
+    one button, "Download plot as a png" (2x scale, for slides), named `filename` (default: the key).
+    The key is noted for this run (`shown_keys`): a tour step frames the figure it is about."""
+    styled(fig, bool(st.session_state.get("present")))
+    st.session_state.setdefault(SHOWN_KEY, []).append(key)
+    st.plotly_chart(fig, key=key, theme=None, config=png_config(filename or key),
+                    **({"on_select": on_select, "selection_mode": "points"} if on_select is not None else {}))
+
+
+def styled(fig: go.Figure, present: bool = False) -> go.Figure:
+    """A figure as the app shows it (in place; no Streamlit): axes fixed, so dragging selects nothing and zooms
+    nothing and double-clicking changes nothing (a figure can never be left zoomed or shrunk with no way
+    back; clicks still pick points); a long title wrapped and hung under the toolbar's row; with `present`,
+    presentation mode's larger text. Used by `show` and by the lessons to take home (app/export.py).
+
+    No template is set here: assigning one costs ~20 ms of plotly validation per figure; charts set a white
+    background themselves (`CHART`)."""
     fig.update_xaxes(fixedrange=True)
     fig.update_yaxes(fixedrange=True)
     fig.update_layout(dragmode=False)
-    if st.session_state.get("present"):
+    if present:
         presentation(fig)
     if fig.layout.title.text:  # the title just above the plot, the toolbar's row above it: no overlap
         chars = TITLE_CHARS * FONT["size"] // (fig.layout.title.font.size or FONT["size"])  # bigger font, fewer
@@ -51,8 +66,17 @@ def show(fig: go.Figure, key: str, on_select: Callable[[], None] | None = None, 
         # would grow down into the plot), with the top margin grown to hold every line
         fig.update_layout(title={"text": text, "y": 1, "yref": "container", "yanchor": "top", "pad": {"t": 48}},
                           margin={"t": max(top, 54 + 1.4 * size * lines)})
-    st.plotly_chart(fig, key=key, theme=None, config=png_config(filename or key),
-                    **({"on_select": on_select, "selection_mode": "points"} if on_select is not None else {}))
+    return fig
+
+
+def new_run() -> None:
+    """Forget the figures the last run drew (main.py, at the start of each run)."""
+    st.session_state[SHOWN_KEY] = []
+
+
+def shown_keys() -> list[str]:
+    """The keys of the figures `show` has drawn so far in this run."""
+    return list(st.session_state.get(SHOWN_KEY) or [])
 
 
 # Callbacks are module functions bound to a few names and numbers (functools.partial), never closures

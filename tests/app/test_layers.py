@@ -17,16 +17,17 @@ APP = ROOT / "app"
 
 # A module may import app modules of a lower layer only (never its own layer, never a higher one).
 LAYERS: dict[str, int] = {
-    "_cache": 0, "device": 0, "access": 0, "model_cache": 1,
+    "_cache": 0, "device": 0, "access": 0, "cli": 0, "model_cache": 1,
     "jobs": 1,
     "models": 2, "images": 2,
     "compute": 3,
     "explanations": 4, "knockouts": 4,
     "figures": 5,
-    "charts": 6,
+    "charts": 6, "sandbox": 6,
     "widgets": 7, "links": 7,
-    "sidebar": 8,
-    "main": 9, "views": 9,  # every page of app/views/
+    "sidebar": 8, "tours": 8,
+    "export": 9,
+    "main": 10, "views": 10,  # every page of app/views/
 }
 
 

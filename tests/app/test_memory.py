@@ -43,6 +43,6 @@ def test_new_images_do_not_keep_old_page_runs_alive():
     for callback in callbacks:
         # a function bound to plain values: no closure, no page function (whose globals are the page)
         fn = getattr(callback, "func", callback)
-        assert fn.__closure__ is None and fn.__module__ == "app.widgets", callback
+        assert fn.__closure__ is None and fn.__module__ in ("app.widgets", "app.tours"), callback
         bound = [*getattr(callback, "args", ()), *getattr(callback, "keywords", {}).values()]
         assert all(isinstance(v, (str, int, float, tuple, type(None))) for v in bound), callback

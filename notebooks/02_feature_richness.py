@@ -38,10 +38,11 @@ import torch
 from matplotlib.patches import Rectangle
 
 import t2t
-from analysis import notebook, redundancy
+from analysis import notebook, paper_fig2, redundancy
 from analysis.notebook import denormalize, photo_batch, synthetic_batch
 from analysis.stats import bootstrap_mean
 from t2t.data import CLASS_NAMES
+from t2t.images import open_image, sample_images
 from t2t.loading import load_model
 
 START = time.perf_counter()
@@ -157,6 +158,117 @@ for col, label in enumerate(MODELS):
         ax.set_title(f"{label}, {title}:\n{invalid.sum()} of 32 channels invalid")
         ax.set_axis_off()
 plt.show()
+
+# %% [markdown]
+# ## Fig. 2 as the official notebook draws it
+#
+# The cells above are **ours**: the model's own input (its crop and mean / std), its normal forward, maps
+# centred per channel. The authors' only code for the paper's Fig. 2 is `visualization_vit.ipynb` in the
+# official repository (yitu-opensource/T2T-ViT, commit 0f63dc9), for ViT only. `analysis.paper_fig2` follows
+# it step by step; **the notebook's steps**, by its cell (counted from 0):
+#
+# - cell 1: `create_model('vit_large_patch16_384', pretrained=True)`, never put in eval mode (its drop
+#   rates are 0, so that changes nothing). Here: the two models of this notebook.
+# - cell 3: `all_block`, the model's children in order with the blocks flattened: patch_embed, pos_drop,
+#   the blocks, norm, head (timm 0.3.4). Our models' children come in the same order (T2T-ViT's with
+#   tokens_to_token first), so the same list is built below.
+# - cell 5: `cv2.imread`, RGB, `Resize((512, 512))` (PIL bilinear, the aspect ratio not kept, no crop),
+#   `ToTensor`: pixels in [0, 1], **no mean / std**. Here: `paper_fig2.notebook_image(photo, SIZE)`.
+# - cell 6: `outputs` = patch_embed(x), pos_drop of that, then each block's output: **no class token and no
+#   position embedding** ever enter (they are Parameters, not children). Here: `paper_fig2.paper_tokens`.
+# - cell 8: for layers 0 to 4, `squeeze(0).transpose(0, 1).reshape(1024, 32, 32)` (each channel on the
+#   token grid), the first 36 channels in a 6 x 6 grid of `imshow(cmap='gray')`, axis off. Here:
+#   `paper_fig2.paper_feature_maps`, drawn below the same way.
+#
+# So its layer_0 and layer_1 are both the patch embedding, and layer_2 to layer_4 are blocks 1 to 3. Its
+# comment suggests 1024 or 2048 px for sharper maps. **Ours**: the same steps for T2T-ViT (its T2T module in
+# place of the patch embedding: the notebook has none for T2T-ViT), the photo (the notebook used a dog photo
+# we do not ship), the red frames and the numbers of invalid channels (`analysis.redundancy.invalid_channels`,
+# threshold 0.1; the notebook marks none), and, as a control, the same maps with the class token and the
+# position table put back (T2T-ViT: the sinusoid table made for the size; ViT: its table resized bicubically).
+
+# %%
+SIZE = paper_fig2.NOTEBOOK_SIZE  # 512, the notebook's; any multiple of 16 works (1024 px: several times slower)
+photo = open_image(sample_images()["cat"])
+x01 = paper_fig2.notebook_image(photo, SIZE)  # (1, 3, 512, 512) in [0, 1]
+
+# the notebook's cells 3 and 6, as written there, on our models: the same tensors as paper_fig2's
+for label, model in MODELS.items():
+    all_block = []
+    for model_child in list(model.children()):
+        if type(model_child) != torch.nn.modules.container.ModuleList:  # noqa: E721 (the notebook's test)
+            all_block.append(model_child)
+        else:
+            for sub_child in list(model_child.children()):
+                all_block.append(sub_child)
+    with torch.no_grad():
+        outputs = [all_block[0](x01)]  # the notebook calls this list `results`, then `outputs`
+        for i in range(1, len(all_block) - 2):
+            outputs.append(all_block[i](outputs[-1]))
+    ours = paper_fig2.notebook_outputs(model, x01, paper_fig2.NOTEBOOK_LAYERS)
+    same = all(torch.equal(a, b) for a, b in zip(outputs, ours))
+    print(f"{label:8s} notebook loop: {len(outputs)} outputs of shape {tuple(outputs[0].shape)}; "
+          f"layer_0 .. layer_4 identical to analysis.paper_fig2: {same}")
+
+DEPTHS = [0, 1, 2, 3]  # the stem (layer_0, layer_1), blocks 1 to 3 (layer_2 .. layer_4)
+fig2_maps, fig2_invalid = {}, {}
+t0 = time.perf_counter()
+for label, model in MODELS.items():
+    table = "sinusoid" if model.default_cfg["family"] == "t2t" else "interpolated"
+    fig2_grid = (SIZE // 16, SIZE // 16)
+    for inputs, kwargs in (("notebook", {}), ("with cls + table", {"pos_embed": table, "class_token": True})):
+        tokens = paper_fig2.paper_tokens(model, x01, DEPTHS, **kwargs)
+        for d, t in zip(DEPTHS, tokens):
+            maps = redundancy.feature_maps(t, fig2_grid, num_prefix_tokens=1 if kwargs else 0)  # (1, D, h, w)
+            fig2_maps[label, inputs, d] = maps[0]
+            fig2_invalid[label, inputs, d] = paper_fig2.invalid_summary(maps)
+print(f"both models, {len(DEPTHS)} depths, 2 protocols at {SIZE} px in {time.perf_counter() - t0:.1f} s\n")
+
+print(f"invalid channels (threshold 0.1) at {SIZE} px: all channels (first 36, the ones drawn)")
+print(f"{'model':8s} {'protocol':18s} " + " ".join(f"{'stem' if d == 0 else f'block {d}':>15s}" for d in DEPTHS))
+for label in MODELS:
+    for inputs in ("notebook", "with cls + table"):
+        cells = []
+        for d in DEPTHS:
+            s = fig2_invalid[label, inputs, d]
+            cells.append(f"{int(s['count'][0])}/{fig2_maps[label, inputs, d].shape[0]} ({int(s['shown_count'][0])})")
+        print(f"{label:8s} {inputs:18s} " + " ".join(f"{c:>15s}" for c in cells))
+
+# %% [markdown]
+# The notebook's figure for block 1 (its layer_2.png), for both models: the first 36 channels, each drawn
+# with `imshow(cmap='gray')` (scaled to its own minimum and maximum, as the notebook's cell 8 does); a red
+# frame (ours) marks a channel `invalid_channels` calls invalid.
+
+# %%
+fig = plt.figure(figsize=(8.4, 4.6), layout="constrained")
+for sub, label in zip(fig.subfigures(1, 2, wspace=0.04), MODELS):
+    maps = fig2_maps[label, "notebook", 1]
+    invalid = fig2_invalid[label, "notebook", 1]["invalid"][0]
+    axes = sub.subplots(6, 6)
+    for i, ax in enumerate(axes.flat):
+        ax.imshow(maps[i].numpy(), cmap="gray")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():  # no frame (the notebook's axis off) unless invalid
+            spine.set_visible(bool(invalid[i]))
+            spine.set(color="r", linewidth=2)
+    sub.suptitle(f"{label}, block 1 (layer_2), {SIZE} px: {int(invalid[:36].sum())} of 36 invalid")
+plt.show()
+
+# %% [markdown]
+# **The paper's claim** (its Fig. 2, ViT-L/16 and T2T-ViT-24 trained on ImageNet; not these models): many of
+# ViT's feature maps are invalid (blank or stuck), fewer of T2T-ViT's, and T2T-ViT's show more edges and
+# lines. What the cell below prints is what the notebook's protocol gives for the models of this notebook on
+# one photo; the many-image test of the claim is in the sections below.
+
+# %%
+share = {label: np.mean([float(fig2_invalid[label, "notebook", d]["fraction"][0]) for d in DEPTHS])
+         for label in MODELS}
+print(f"By the notebook's protocol at {SIZE} px (stem and blocks 1-3, mean share of invalid channels): "
+      f"T2T-ViT {share['T2T-ViT']:.1%}, ViT {share['ViT']:.1%}: "
+      + ("T2T-ViT has the smaller share, as the paper claims." if share["T2T-ViT"] < share["ViT"] else
+         "neither has invalid channels, so the paper's claim cannot show here." if max(share.values()) == 0 else
+         "T2T-ViT does not have the smaller share, unlike the paper's claim."))
 
 # %% [markdown]
 # ## Across depth, over all images

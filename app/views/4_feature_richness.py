@@ -1,12 +1,21 @@
-"""Page 4: the T2T-ViT paper's Fig. 2 view (channel grids, invalid channels), redundancy across depth, CKA."""
+"""Page 4: the T2T-ViT paper's Fig. 2 view (channel grids, invalid channels), the same figure as the official
+notebook draws it (analysis/paper_fig2.py), redundancy across depth, CKA."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import streamlit as st
+import torch
+from PIL import Image
 
+from analysis.paper_fig2 import NOTEBOOK_CHANNELS, invalid_summary, notebook_image, paper_feature_maps
 from analysis.redundancy import METRICS
 from app import charts, compute, figures, widgets
+from app.device import guarded
+from app.jobs import CACHE, memo
+from app.models import LoadedModel
 
 ctx = compute.context()
 st.header("Feature richness: how much do the channels carry?")
@@ -53,6 +62,96 @@ for col, lm in zip(cols, ctx.models, strict=True):
         widgets.show(fig, key=f"fr_mosaic_{lm.role}")
         st.metric(f"Invalid channels in block {blk} (red frames)",
                   f"{invalid.sum()} of {invalid.size} ({invalid.mean():.0%})")
+
+# --- Fig. 2 as the official notebook draws it (analysis/paper_fig2.py) ------------------------------------------
+FIG2_SIZES = {224: "224 px", 512: "512 px (the notebook's)", 1024: "1024 px (its comment's; a few seconds)"}
+FIG2_DEPTHS = {0: "patch embedding / T2T module (layer_0, layer_1)", 1: "block 1 (layer_2)",
+               2: "block 2 (layer_3)", 3: "block 3 (layer_4)"}
+FIG2_INPUTS = {"notebook": "neither (the notebook's)", "model": "both, the table made for this size (ours)"}
+
+
+@memo
+def _fig2_notebook_maps(model_key: str, image_key: str, size: int, depth: int, inputs: str, _lm: LoadedModel,
+                        _img: Image.Image) -> tuple[np.ndarray, float]:
+    """(D, size/16, size/16) channel maps by the notebook's protocol, and the seconds they took."""
+    start = time.perf_counter()
+    x = notebook_image(_img, size).to(_lm.device)
+    table = "none" if inputs == "notebook" else "sinusoid" if _lm.family == "t2t" else "interpolated"
+    maps = paper_feature_maps(_lm.model, x, depth, table, class_token=inputs == "model")
+    return maps[0].float().cpu().numpy(), time.perf_counter() - start
+
+
+def fig2_notebook_maps(lm: LoadedModel, size: int, depth: int, inputs: str) -> tuple[np.ndarray, float]:
+    args = (lm.key, ctx.image.key, size, depth, inputs, lm, ctx.image.image)
+    if _fig2_notebook_maps.key_of(*args) in CACHE:  # type: ignore[attr-defined]
+        return _fig2_notebook_maps(*args)
+    with st.spinner(f"Running {lm.role} at {size} px …"):
+        return guarded(_fig2_notebook_maps, *args)
+
+
+@st.fragment
+def fig2_as_the_notebook_draws_it(threshold: float) -> None:
+    """The official notebook's protocol for both models: its controls rerun this part only."""
+    st.subheader("Fig. 2 as the official notebook draws it")
+    st.markdown(
+        "The authors' only code for this figure is `visualization_vit.ipynb` in the official repository, for ViT.\n"
+        "- **The notebook's steps**: the whole image squeezed to a square (bilinear, no crop), pixels in [0, 1] "
+        "(no mean / std); the patch embedding, then the blocks, **with no class token and no position "
+        "embedding**; each channel of the tokens laid out on the token grid; the **first 36 channels**, each in "
+        "grey from its own minimum to its own maximum. It ran ViT-L/16 at 512 px (its comment: 1024 or 2048 px "
+        "for sharper maps).\n"
+        "- **Ours**: the same steps for T2T-ViT (its T2T module in place of the patch embedding), the models of "
+        "the sidebar, the other sizes, the class token and position table put back on request (T2T-ViT: the "
+        "sinusoid table made for the size; ViT: its learned table resized bicubically, as timm does), and the "
+        "red frames and counts of invalid channels (the threshold above; the notebook marks none)."
+    )
+    for key, options, default in (("fr_nb_size", FIG2_SIZES, 512), ("fr_nb_depth", FIG2_DEPTHS, 1),
+                                  ("fr_nb_inputs", FIG2_INPUTS, "notebook")):
+        if st.session_state.get(key) not in options:
+            st.session_state[key] = default
+    a, b, c = st.columns(3)
+    size = a.radio("Image size", list(FIG2_SIZES), format_func=FIG2_SIZES.__getitem__, key="fr_nb_size",
+                   help="Any multiple of 16 works (analysis.paper_fig2); 1024 px takes a few seconds on a CPU for "
+                   "the embedded models, longer for large ones.")
+    depth = b.radio("Tokens after", list(FIG2_DEPTHS), format_func=FIG2_DEPTHS.__getitem__, key="fr_nb_depth",
+                    help="The notebook saves five figures, layer_0 to layer_4: the patch embedding twice (before "
+                    "and after its dropout, the same tensor), then blocks 1 to 3.")
+    inputs = c.radio("Class token and position embedding", list(FIG2_INPUTS), format_func=FIG2_INPUTS.__getitem__,
+                     key="fr_nb_inputs", help="Both put back is the model as it runs. The table: T2T-ViT's fixed "
+                     "sinusoid made for this size; ViT's learned table resized bicubically (as timm does).")
+    counts: dict[str, tuple[int, int]] = {}
+    for col, lm in zip(st.columns(2), ctx.models, strict=True):
+        maps, seconds = fig2_notebook_maps(lm, int(size), int(depth), inputs)  # (D, h, w)
+        summary = invalid_summary(torch.from_numpy(maps)[None], NOTEBOOK_CHANNELS, threshold)
+        invalid = summary["invalid"][0].numpy()
+        shown = maps[:NOTEBOOK_CHANNELS]
+        counts[lm.role] = (int(summary["count"][0]), maps.shape[0])
+        stage = f"block {depth}" if depth else "T2T module" if lm.family == "t2t" else "patch embedding"
+        with col:
+            fig = charts.mosaic_figure(
+                shown, 6, marked=[i for i in range(len(shown)) if invalid[i]], cmap="gray", height=460,
+                title=f"{lm.role} {lm.name}, {stage}<br>{size} px, first {len(shown)} of {maps.shape[0]} channels, "
+                      f"{maps.shape[1]}×{maps.shape[2]} tokens")
+            widgets.show(fig, key=f"fr_nb_mosaic_{lm.role}")
+            st.metric("Invalid channels on these maps", f"{counts[lm.role][0]} of {maps.shape[0]} "
+                      f"({float(summary['fraction'][0]):.0%})")
+            st.caption(f"{int(summary['shown_count'][0])} of the {len(shown)} shown (red frames). Computed in "
+                       f"{seconds:.1f} s on {lm.device}, kept for this image.")
+    tr_, vr_ = ctx.t2t.role, ctx.vit.role
+    fewer = counts[tr_][0] / counts[tr_][1] < counts[vr_][0] / counts[vr_][1]
+    protocol = "by the notebook's protocol" if inputs == "notebook" else "with the class token and table (ours)"
+    st.markdown(
+        f"**The paper's claim** (its Fig. 2: ViT-L/16 and T2T-ViT-24 trained on ImageNet): many of ViT's maps are "
+        f"invalid, fewer of T2T-ViT's. **On this image, {protocol}** at threshold {threshold:g}: "
+        f"{tr_} has {counts[tr_][0]} of {counts[tr_][1]} invalid channels, {vr_} {counts[vr_][0]} of "
+        f"{counts[vr_][1]}: " + ("T2T-ViT has the smaller share, as the paper says." if fewer else
+                                 "neither has any, so the claim cannot show here." if not any(
+                                     n for n, _ in counts.values()) else
+                                 "T2T-ViT does not have the smaller share here.")
+    )
+
+
+fig2_as_the_notebook_draws_it(threshold)
 
 st.subheader("Across depth")
 # The exact effective rank (an eigendecomposition per block) is computed on demand (issue 11: it stays exact).

@@ -29,6 +29,11 @@ ENTRY_POINTS: dict[str, str] = {
     "pruning_curve": "analysis.knockout",
     "linear_cka": "analysis.cka",
     "block_metrics": "analysis.redundancy",
+    "logit_lens": "analysis.mechanisms",
+    "patch_lens": "analysis.mechanisms",
+    "direct_logit_attribution": "analysis.mechanisms",
+    "activation_patching": "analysis.mechanisms",
+    "attention_sinks": "analysis.mechanisms",
 }
 
 __all__ = ["explain", *ENTRY_POINTS]

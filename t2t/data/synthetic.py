@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -235,8 +236,17 @@ def render(class_index: int, rng: np.random.Generator, img_size: int = 224) -> n
     return render_chw(class_index, rng, img_size).transpose(1, 2, 0)
 
 
-def render_chw(class_index: int, rng: np.random.Generator, img_size: int = 224) -> np.ndarray:
-    """As `render`, channels first: (3, img_size, img_size) uint8, C-contiguous."""
+#: replace_object(u, v, radius, k) -> mask of what is drawn where the object goes
+ObjectMask = Callable[[np.ndarray, np.ndarray, float, float], np.ndarray]
+
+
+def render_chw(class_index: int, rng: np.random.Generator, img_size: int = 224,
+               replace_object: ObjectMask | None = None) -> np.ndarray:
+    """As `render`, channels first: (3, img_size, img_size) uint8, C-contiguous.
+
+    `replace_object(u, v, radius, k) -> mask` draws something else where the object goes (nothing, another
+    class's shape: `analysis.mechanisms.render_variant`); the class's own shape is still drawn, into nothing,
+    so that every later random number, hence the rest of the image, is the same."""
     S, k = img_size, img_size / 224
     # background: a linear gradient between two independent random colours, built as
     # row ramp + column ramp so that only one full-size operation is needed
@@ -258,7 +268,11 @@ def render_chw(class_index: int, rng: np.random.Generator, img_size: int = 224) 
     margin = 1.1 * R + 2 * k
     cx, cy = rng.uniform(margin, S - margin, 2)
     y0, y1, x0, x1, u, v = _frame(S, cx, cy, 1.1 * R, rng.uniform(0, 2 * np.pi))
-    mask = _CLASSES[class_index](rng, u, v, R, k).astype(np.float32, copy=False)
+    if replace_object is None:
+        mask = _CLASSES[class_index](rng, u, v, R, k).astype(np.float32, copy=False)
+    else:
+        _CLASSES[class_index](rng, u.copy(), v.copy(), R, k)
+        mask = replace_object(u, v, R, k).astype(np.float32, copy=False)
     fg = _random_colour(rng, away_from=img[:, int(cy), int(cx)])
     _paint(img, (y0, y1, x0, x1), mask, fg)
 

@@ -109,8 +109,8 @@ def error_outputs(nb: nbformat.NotebookNode) -> list[str]:
             if o.output_type == "error"]
 
 
-def test_the_five_notebooks_are_pairs():
-    assert {p.name[:2] for p in PATHS} == {"01", "02", "03", "04", "05"}
+def test_the_six_notebooks_are_pairs():
+    assert {p.name[:2] for p in PATHS} == {"01", "02", "03", "04", "05", "06"}
     scripts = sorted(p.stem for p in NOTEBOOKS.glob("*.py"))
     assert scripts == [p.stem for p in PATHS], "every NAME.ipynb has its NAME.py and no other .py lives there"
     config = load_jupytext_config(str(NOTEBOOKS))

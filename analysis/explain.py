@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from torch import Tensor, nn
 
-from analysis import attributions, relevance, rollout
+from analysis import attributions, lrp, relevance, rollout
 
 Explainer = Callable[..., Tensor]
 
@@ -23,6 +23,8 @@ EXPLAINERS: dict[str, tuple[Explainer, bool]] = {
     "occlusion": (attributions.occlusion_map, True),
     "token_ablation": (attributions.token_ablation_map, True),
     "gradcam": (attributions.gradcam_map, True),
+    "attnlrp": (lrp.attnlrp_map, True),
+    "cp_lrp": (lrp.cp_lrp_map, True),
 }
 
 
@@ -35,7 +37,11 @@ def explain(
     Keyword arguments go to the method's function, e.g. `discard=` / `discard_ratio=` for
     "rollout" and "grad_rollout" (`analysis.rollout.DISCARD_RULES`), and for
     "integrated_gradients" `method=`, `n_steps=`, and `return_completeness=True`, which makes the
-    result `(map, attributions.Completeness)`.
+    result `(map, attributions.Completeness)`. "attnlrp" (AttnLRP) and "cp_lrp" (CP-LRP) map the signed
+    relevance of the backbone's patch tokens (`analysis.lrp`); `gamma=` sets the linear layers' Gamma
+    rule (default "auto": the measured best for the model's family), and `return_relevance=True` makes
+    the result `(map, lrp.Relevance)`, whose `conservation` is the pixels' share of the logit and
+    `pixel_map` the map at pixel resolution.
     """
     if name not in EXPLAINERS:
         raise ValueError(f"unknown method {name!r}; choose from {sorted(EXPLAINERS)}")

@@ -5,13 +5,16 @@ Owns: the method lists (`CHEAP_METHODS`, `EXPENSIVE_METHODS`, `METHOD_NAMES`), t
 carrying a map to pixels (`explanation_pixels`, `pixels_of`: T2T-ViT's back-projection through the
 T2T module, or a stretch), the deletion / insertion scores (`faithfulness_scores`, in the `QUICK`
 queue) and how concentrated the T2T attention is (`t2t_concentration`). The slow methods run in the
-`HEAVY` queue. Each is `analysis.*` on the cached trace or input of `app/compute.py`.
+`HEAVY` queue. AttnLRP and CP-LRP (`LRP_METHODS`, `lrp_maps` / `lrp_soon`: `analysis.lrp`) give their
+relevance at the pixels themselves, through T2T-ViT's soft splits, with each T2T step's relevance and
+each head's: no carrying back. Each is `analysis.*` on the cached trace or input of `app/compute.py`.
 
 May import: app.compute, app.jobs, app.device, app.models, t2t, analysis.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -27,13 +30,18 @@ from app.models import LoadedModel
 # Maps (analysis.explain, analysis.rollout) and the T2T back-projection
 # ----------------------------------------------------------------------------------------------
 
-CHEAP_METHODS = ("rollout", "chefer", "grad_rollout", "gradcam")
+CHEAP_METHODS = ("rollout", "chefer", "grad_rollout", "gradcam", "attnlrp", "cp_lrp")
 EXPENSIVE_METHODS = ("integrated_gradients", "occlusion", "token_ablation")
+# the methods whose relevance is at the pixels (analysis.lrp, one backward pass): shown at pixel resolution,
+# with their conservation, never carried back or stretched
+LRP_METHODS = ("attnlrp", "cp_lrp")
 METHOD_NAMES = {
     "rollout": "Attention rollout",
     "chefer": "Chefer relevance (gradient x attention)",
     "grad_rollout": "Gradient-weighted rollout",
     "gradcam": "Grad-CAM (last block)",
+    "attnlrp": "AttnLRP (relevance at the pixels)",
+    "cp_lrp": "CP-LRP (attention weights held fixed)",
     "integrated_gradients": "Integrated Gradients",
     "occlusion": "Occlusion",
     "token_ablation": "Token ablation",
@@ -227,3 +235,82 @@ def t2t_concentration(ctx: Context, lm: LoadedModel, name: str, share: float = 0
     tokens that receive most (the same few tokens for every query when it is near 1).
     """
     return _t2t_concentration(lm.key, ctx.image.key, name, share, ctx.trace(lm))
+
+
+# ----------------------------------------------------------------------------------------------
+# AttnLRP and CP-LRP (analysis.lrp): relevance at the pixels, at each T2T step and in each head
+# ----------------------------------------------------------------------------------------------
+
+# The T2T-ViT relevance of each step, in the order (and with the meaning) of the back-projection's stages
+# (analysis.t2t_backproject.backproject_stages): after going back through split 2 the relevance sits on the
+# 2-D map split 2 cut, T2T attention 2's output; back through that attention, on its input, split 1's tokens.
+LRP_STAGES = (("t2t.attn2", "← split 2: {size}"), ("t2t.split1", "← T2T attention 2"),
+              ("t2t.attn1", "← split 1: {size}"), ("t2t.split0", "← T2T attention 1"))
+
+
+@dataclass
+class LrpMaps:
+    """One image's AttnLRP or CP-LRP relevance (`analysis.lrp.lrp`) of class `target`, on the CPU.
+
+    pixels: (S, S) signed relevance at the input pixels, summed over the colour channels
+    (`Relevance.pixel_map`); tokens: (h, w) the backbone's patch tokens'; heads: (L, H) what passed
+    through each backbone head (`Relevance.heads`); stages: [(label, map)] from the backbone's tokens
+    back to the pixels through the T2T module (T2T-ViT; empty for ViT), labelled as the back-projection's
+    stages; logit: the class logit explained; total: the pixels' sum; conservation: total / logit
+    (`Relevance.conservation`); gamma: the linear layers' Gamma rule used (None: the plain gradient).
+    """
+
+    method: str
+    variant: str
+    gamma: float | None
+    target: int
+    pixels: Tensor
+    tokens: Tensor
+    heads: Tensor
+    stages: list[tuple[str, Tensor]]
+    logit: float
+    total: float
+    conservation: float
+
+
+@memo
+def _lrp(model_key: str, image_key: str, method: str, target: int, _model: nn.Module, _x: Tensor) -> LrpMaps:
+    from analysis.explain import explain
+
+    # explain's "attnlrp" / "cp_lrp" are analysis.lrp.lrp with its default gamma; the Relevance holds the rest
+    _, rel = explain(method, _model, _x, target=target, return_relevance=True)
+    pixels = rel.pixel_map[0].detach().float().cpu()
+    tokens = rel.tokens[0].detach().float().cpu()
+    stages: list[tuple[str, Tensor]] = []
+    if rel.stages:
+        stages.append((f"backbone {tokens.shape[0]}×{tokens.shape[1]}", tokens))
+        for name, label in LRP_STAGES:
+            m = rel.stages[name][0].detach().float().cpu()
+            stages.append((label.format(size=f"{m.shape[0]}×{m.shape[1]}"), m))
+        stages.append(("← split 0: pixels", pixels))
+    return LrpMaps(method=method, variant=rel.variant, gamma=rel.gamma, target=int(rel.target[0]), pixels=pixels,
+                   tokens=tokens, heads=rel.heads[0].detach().float().cpu(), stages=stages,
+                   logit=float(rel.logit[0]), total=float(rel.pixels[0].sum()),
+                   conservation=float(rel.conservation[0]))
+
+
+def lrp_maps(ctx: Context, lm: LoadedModel, method: str, target: int) -> LrpMaps:
+    """`LrpMaps` of `method` ("attnlrp" or "cp_lrp") for class `target` on the current image: one forward
+    and one backward pass, computed here (a quick method, like Chefer's)."""
+    return guarded(_lrp, lm.key, ctx.image.key, method, int(target), lm.model, ctx.inputs(lm))
+
+
+def lrp_soon(ctx: Context, lm: LoadedModel, method: str, target: int) -> Pending:
+    """`lrp_maps` in the `QUICK` queue, for a page that draws other things meanwhile (`draw_when_ready`);
+    the same cache entry as `lrp_maps`."""
+    return soon(QUICK, f"{METHOD_NAMES[method]} for {lm.name}", _lrp, lm.key, ctx.image.key, method, int(target),
+                lm.model, ctx.inputs(lm))
+
+
+def conservation_text(maps: LrpMaps) -> str:
+    """What the conservation of an LRP map says, with its numbers: how much of the class logit reached the pixels,
+    and what keeps the rest."""
+    softmax = " and AttnLRP's softmax rule does not pass all of its relevance on" if maps.variant == "attnlrp" else ""
+    return (f"Conservation {maps.conservation:.1%}: the pixels' relevance sums to {maps.total:.2f} of the class logit "
+            f"{maps.logit:.2f}. The other {maps.logit - maps.total:.2f} does not reach the pixels: LRP gives a share "
+            f"to the model's additive constants (biases, LayerNorm shifts, class token, position embedding){softmax}.")

@@ -10,13 +10,14 @@ home" button writes the same file for the session's models and image (`lesson_by
 
 Owns: `lesson_html` (a tour and a `Context` -> the page), `lesson_bytes`, the figures of a step
 (`FIGURES`: a page's figure key -> a builder; each draws what the page draws, with app/figures.py and
-app/charts.py on the cached values of app/compute.py, app/explanations.py and app/knockouts.py;
+app/charts.py on the cached values of app/compute.py, app/explanations.py and app/knockouts.py, or with
+app/mechanisms.py's own figures;
 `PAIRS`: the figure shown beside it; `PAGE_FIGURES`: what a step without a known `look_at` shows),
 `markdown_html` (the Markdown the step texts are written in) and the command line (`main`, with
 `model_for` / `image_for`).
 
 May import: app.tours, app.links, app.widgets, app.charts, app.figures, app.compute, app.explanations,
-app.knockouts, app.models, app.images, app.access, plotly, t2t, analysis.
+app.knockouts, app.mechanisms, app.models, app.images, app.access, plotly, t2t, analysis.
 """
 
 from __future__ import annotations
@@ -371,6 +372,45 @@ def _ko_importance(which: str) -> Builder:
     return build
 
 
+def _dec_lens(v: StepView) -> go.Figure:
+    from app import mechanisms
+
+    return mechanisms.lens_figure({lm.role: (mechanisms.lens(v.ctx, lm), _colour(v, which), lm.class_names)
+                                   for which, lm in (("t2t", v.ctx.t2t), ("vit", v.ctx.vit))})
+
+
+def _decision(kind: str, which: str) -> Builder:
+    """A figure of the Inside-the-decision page for model `which`, as the page draws it (app/mechanisms.py)."""
+    def build(v: StepView) -> go.Figure | None:
+        from app import mechanisms as m
+
+        ctx, lm = v.ctx, v.role(which)
+        cell = (v.decision[f"dec_block_{lm.role}"], v.decision[f"dec_head_{lm.role}"])
+        img = ctx.display_image(lm)
+        if kind == "strip":
+            return m.patch_lens_figure(m.lens(ctx, lm), lm.role, lm.class_names)
+        if kind == "dla":
+            return m.dla_figure(m.attribution(ctx, lm), cell, lm.role, lm.class_names)
+        if kind == "head":
+            if cell[1] == lm.num_heads:  # an MLP: no attention to draw
+                return None
+            attn, _ = m.cls_attention(ctx, lm, *cell)
+            return m.head_attention_figure(figures.cached_png_uri(f"{lm.key}|{ctx.image.key}", img), img.shape[:2],
+                                           attn, lm.role, *cell)
+        if kind == "pair":
+            return m.second_figure(img, m.second_display(ctx, lm, v.second), lm.role)
+        if kind == "patch_heads":
+            pending = m.heads_patching(ctx, lm, v.second)
+            result = pending.value if pending.ready else pending.job.future.result()  # a worker's job in a server
+            return m.patch_heads_figure(result, (lm.num_blocks, lm.num_heads), lm.role, lm.class_names)
+        if kind == "resid":
+            result = m.resid_patching(ctx, lm, v.second, v.decision["dec_resid"])
+            grid = m.lens(ctx, lm).patch.shape[1:]
+            return None if result is None else m.resid_figure(result, grid, lm.role)
+        return m.sinks_figure(img, m.sinks(ctx, lm), lm.role, f"{lm.key}|{ctx.image.key}")
+    return build
+
+
 def _figures() -> dict[str, Builder]:
     out = _tokens_builders()
     out.update({"att_pick": _attention_map, "att_tiles": _attention_tiles, "att_distance": _head_chart("distance"),
@@ -388,6 +428,9 @@ def _figures() -> dict[str, Builder]:
         out[f"ko_top5_{role}"] = _ko_top5(which)
         out[f"ko_map_{role}"] = _ko_map(which)
         out[f"ko_importance_{role}"] = _ko_importance(which)
+        for kind in ("strip", "dla", "head", "pair", "patch_heads", "resid", "sinks"):
+            out[f"dec_{kind}_{role}"] = _decision(kind, which)
+    out["dec_lens"] = _dec_lens
     return out
 
 
@@ -398,7 +441,8 @@ def _pairs() -> dict[str, str]:
     """Each figure's neighbour on its page, shown beside it in the lesson (the other model's, mostly)."""
     pairs = {"pick_split0": "zoom_split0", "pick_attn1": "mosaic_attn1", "pick_attn2": "mosaic_attn2",
              "pick_map1": "pick_split1", "pick_map2": "pick_split2", "pick_proj": "pick_vit",
-             "mosaic_proj": "mosaic_vit", "att_pick": "att_tiles", "att_distance": "att_entropy"}
+             "mosaic_proj": "mosaic_vit", "att_pick": "att_tiles", "att_distance": "att_entropy",
+             "dec_lens": "dec_strip_T2T-ViT"}
     pairs.update({b: a for a, b in pairs.items()})
     for key in FIGURES:
         for one, other in (("T2T-ViT", "ViT"), ("ViT", "T2T-ViT")):
@@ -411,6 +455,7 @@ PAIRS = _pairs()
 PAGE_FIGURES = {  # what a step shows when its look_at is not a figure the lesson file can draw
     "tokens": "pick_split0", "attention": "att_pick", "explanations": "exp_rollout_T2T-ViT",
     "features": "fr_mosaic_T2T-ViT", "classify": "cls_T2T-ViT", "knockouts": "ko_top5_T2T-ViT",
+    "decision": "dec_lens",
 }
 
 

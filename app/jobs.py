@@ -319,7 +319,7 @@ PAGE_MODULES = (
     "captum.attr", "t2t.data.synthetic", "analysis.explain", "analysis.maps", "analysis.rollout",
     "analysis.relevance", "analysis.attributions", "analysis.modelio", "analysis.faithfulness",
     "analysis.attention_stats", "analysis.redundancy", "analysis.cka", "analysis.t2t_backproject",
-    "analysis.knockout", "analysis.sanity", "analysis.paper_fig2",
+    "analysis.knockout", "analysis.sanity", "analysis.paper_fig2", "analysis.mechanisms", "plotly.subplots",
 )
 _IMPORTED = threading.Event()
 _IMPORT_LOCK = threading.Lock()

@@ -6,7 +6,8 @@ attention knocked out; `head_grid`: the importance of each further head, given t
 `QUICK` queue; `pruning`: the pruning curve over labelled synthetic test images, in the `HEAVY`
 queue; `reference`: the mean head outputs mean ablation puts in place), the Explanations page's
 sanity checks (`sanity`: cascading randomisation in the `HEAVY` queue) and the sentences computed
-from them (`sanity_verdict`, `pruning_sentence`).
+from them (`sanity_verdict`, `pruning_sentence`); whether the heads AttnLRP gives relevance are those
+that matter when knocked out (`spearman`, `permutation_p`, `relevance_agreement`).
 
 Models are shared by every session (app/models.py): a knock-out is only ever applied inside a
 cached function, by `analysis.knockout.knocked_out`, whose hooks act in the thread that entered
@@ -233,12 +234,28 @@ def pruning_sentence(role: str, curve) -> str:
 # ----------------------------------------------------------------------------------------------
 
 
+PIXEL_METHODS = ("attnlrp", "cp_lrp")  # relevance at the pixels: checked on the pixel map the page shows
+
+
+def _pixel_map(method: str):
+    """(model, images, target) -> (B, S, S) pixel relevance of an `analysis.lrp` method, summed over channels."""
+    from analysis.explain import explain
+
+    def pixel_map(model: nn.Module, images: Tensor, target: Tensor) -> Tensor:
+        return explain(method, model, images, target=target, return_relevance=True)[1].pixel_map
+
+    pixel_map.__name__ = method
+    return pixel_map
+
+
 @memo
 def _sanity(model_key: str, image_key: str, method: str, target: int, options: tuple, _model: nn.Module,
             _x: Tensor) -> dict[str, object]:
     from analysis.sanity import cascading_randomization
 
-    curve = cascading_randomization(method, _model, _x, target=target, **dict(options))
+    # AttnLRP / CP-LRP are shown at the pixels, so their maps are compared there (the others on their token grid)
+    explainer = _pixel_map(method) if method in PIXEL_METHODS else method
+    curve = cascading_randomization(explainer, _model, _x, target=target, **dict(options))
     return {"layers": list(curve.layers), "spearman_abs": curve.mean("spearman_abs").numpy(),
             "spearman": curve.mean("spearman").numpy(), "ssim": curve.mean("ssim").numpy()}
 
@@ -247,7 +264,8 @@ def sanity(ctx: Context, lm: LoadedModel, method: str, target: int, **options: o
     """Cascading randomisation of `method` (with `options`, e.g. the rollout discard rule) on the current
     image: {"layers": K labels ("original", "head", "norm", "blocks.L-1", ..., "stem"), "spearman_abs",
     "spearman", "ssim": (K,) similarity to the intact model's map}. In the `HEAVY` queue (1 + L + 3
-    runs of the method on a deep copy of the model): None while it runs (a progress bar instead)."""
+    runs of the method on a deep copy of the model): None while it runs (a progress bar instead).
+    The maps compared are the token maps, and for `PIXEL_METHODS` (AttnLRP, CP-LRP) the pixel maps."""
     return guarded(background, HEAVY, f"Sanity check of {method} for {lm.name}", _sanity, lm.key, ctx.image.key,
                    method, int(target), tuple(sorted(options.items())), lm.model, ctx.inputs(lm))
 
@@ -269,3 +287,131 @@ def sanity_verdict(curve: dict[str, object], threshold: float = SANITY_THRESHOLD
     return (f"fails: |Spearman| with the intact model's map is still {last:.2f} once every layer is random, "
             f"up to '{label}' (threshold {threshold:g}; SSIM {float(ssim[-1]):.2f}): the map follows the image more "
             "than the model")
+
+
+# ----------------------------------------------------------------------------------------------
+# Do the heads that carry relevance matter when knocked out? (AttnLRP's heads against the head grid)
+# ----------------------------------------------------------------------------------------------
+
+# Spearman's rho -> words, from the top: Cohen's conventional sizes of a correlation (0.1 small, 0.3 medium,
+# 0.5 large); a negative rho beyond -0.1 means the heads with relevance are those the class does better without
+AGREEMENT = ((0.5, "strong agreement"), (0.3, "moderate agreement"), (0.1, "weak agreement"),
+             (-0.1, "no agreement"), (-np.inf, "disagreement"))
+SHUFFLES = 10_000  # random rankings of the heads the permutation p-value compares rho with
+
+
+def average_ranks(x: np.ndarray) -> np.ndarray:
+    """(n,) values -> (n,) float ranks 1..n, tied values sharing their mean rank (`scipy.stats.rankdata`'s
+    "average"; SciPy is not a dependency of the app)."""
+    x = np.asarray(x, dtype=np.float64)
+    order = np.argsort(x, kind="stable")
+    ranks = np.empty(len(x))
+    ranks[order] = np.arange(1, len(x) + 1)
+    _, first, counts = np.unique(x[order], return_index=True, return_counts=True)
+    for start, n in zip(first, counts, strict=True):
+        if n > 1:  # a tie: every member gets the mean of the ranks it spans
+            ranks[order[start:start + n]] = start + (n + 1) / 2
+    return ranks
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pearson's r of `a` (n,) with each row of `b` (..., n); NaN where either is constant."""
+    a, b = a - a.mean(), b - b.mean(axis=-1, keepdims=True)
+    den = np.sqrt((a * a).sum() * (b * b).sum(axis=-1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, (b * a).sum(axis=-1) / den, np.nan)
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman's rank correlation of two (n,) samples (`scipy.stats.spearmanr`: Pearson's r of the average
+    ranks); NaN when either is constant."""
+    return float(_pearson(average_ranks(a), average_ranks(b)))
+
+
+def permutation_p(a: np.ndarray, b: np.ndarray, shuffles: int = SHUFFLES, seed: int = 0) -> float:
+    """Two-sided permutation p-value of `spearman(a, b)`: the share of `shuffles` random orderings of b's ranks
+    whose |rho| reaches the observed one, counted as (1 + hits) / (1 + shuffles) (Phipson & Smyth 2010: never
+    0). NaN when rho is."""
+    ra, rb = average_ranks(a), average_ranks(b)
+    rho = float(_pearson(ra, rb))
+    if np.isnan(rho):
+        return float("nan")
+    shuffled = np.random.default_rng(seed).permuted(np.tile(rb, (shuffles, 1)), axis=1)
+    hits = int((np.abs(_pearson(ra, shuffled)) >= abs(rho) - 1e-12).sum())
+    return (1 + hits) / (1 + shuffles)
+
+
+def agreement_words(rho: float) -> str:
+    """The `AGREEMENT` words of a rank correlation."""
+    return next(words for floor, words in AGREEMENT if rho >= floor)
+
+
+def _ordinal(n: int) -> str:
+    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
+
+
+@dataclass
+class Agreement:
+    """The heads' relevance against their knock-out importance, over the `n` heads still in.
+
+    rho: Spearman's rank correlation of relevance (L, H) and logit drop (L, H) on those heads; p: its
+    permutation p-value; top: the head with the most relevance, and `top_rank` its place (1 = most
+    important) by logit drop among the n.
+    """
+
+    rho: float
+    p: float
+    n: int
+    top: Head
+    top_relevance: float
+    top_rank: int
+
+
+def relevance_agreement(relevance: np.ndarray, drop: np.ndarray, out: Sequence[Sequence[int]] = ()) -> Agreement:
+    """`Agreement` of the heads' relevance (L, H) with the logit drop of knocking each out (L, H), leaving out the
+    heads in `out` (already knocked out: their drop is 0 by construction, not a measurement)."""
+    relevance, drop = np.asarray(relevance, dtype=np.float64), np.asarray(drop, dtype=np.float64)
+    keep = np.ones(relevance.shape, dtype=bool)
+    for b, h in out:
+        keep[int(b), int(h)] = False
+    r, d = relevance[keep], drop[keep]
+    cells = np.argwhere(keep)
+    best = int(np.argmax(r))
+    rank = 1 + int((d > d[best]).sum())  # ties share the better place
+    return Agreement(spearman(r, d), permutation_p(r, d), int(keep.sum()), (int(cells[best][0]), int(cells[best][1])),
+                     float(r[best]), rank)
+
+
+SIGNIFICANCE = 0.05  # below this permutation p-value a correlation is read as more than chance
+
+
+def agreement_sentence(role: str, method: str, agreement: Agreement, knocked: int = 0,
+                       t2t_off: Sequence[int] = ()) -> str:
+    """One sentence from `relevance_agreement`: do the heads with relevance matter when knocked out? The words
+    follow rho (`AGREEMENT`), the conclusion also its permutation p-value (`SIGNIFICANCE`). `knocked`: how many
+    heads are out (left out of the comparison), `t2t_off`: the T2T attention layers knocked out."""
+    a = agreement
+    b, h = a.top
+    given = [f"{knocked} head{'s' * (knocked != 1)}"] if knocked else []
+    given += [f"T2T attention {i}" for i in t2t_off]
+    context = (f" Relevance of the intact model; importance given {' and '.join(given)} knocked out above"
+               + (", which are left out." if knocked else ".")) if given else ""
+    top = (f" The head with most relevance, block {b}, head {h} ({a.top_relevance:+.3g}), is "
+           f"{_ordinal(a.top_rank)} of {a.n} by knock-out importance.")
+    if np.isnan(a.rho):
+        return (f"{role}: no rank correlation between the heads' {method} relevance and their knock-out importance: "
+                f"one of the two is the same for all {a.n} heads.{context}{top}")
+    words = agreement_words(a.rho)
+    chance = f"a random ranking of the heads reaches |ρ| ≥ {abs(a.rho):.2f} in {a.p:.1%} of {SHUFFLES:,} shuffles"
+    if words == "no agreement":
+        conclusion = f": which heads carry relevance says nothing about which ones matter when knocked out ({chance})"
+    elif a.p >= SIGNIFICANCE:
+        conclusion = f", and no clear link: {chance}"
+    elif a.rho > 0:
+        conclusion = (": the heads that carry relevance are " + {"strong agreement": "largely",
+                      "moderate agreement": "mostly"}.get(words, "somewhat more often")
+                      + f" those whose knock-out costs the class ({chance})")
+    else:
+        conclusion = f": the heads that carry relevance tend to be those the class does better without ({chance})"
+    return (f"{role}: {words} (Spearman ρ = {a.rho:+.2f} over {a.n} heads) between the heads' {method} relevance "
+            f"and their knock-out importance{conclusion}.{context}{top}")

@@ -61,6 +61,10 @@ PAGE_PARAMS = {  # st.Page url_path -> parameters of that page
     "knockouts": (("t2t_heads", "ko_heads_T2T-ViT", "list"), ("vit_heads", "ko_heads_ViT", "list"),
                   ("attn1", "ko_attn1", "bool"), ("attn2", "ko_attn2", "bool"), ("mode", "ko_mode", "str"),
                   ("map", "ko_map", "str"), ("prune", "ko_prune", "bool"), ("prune_n", "ko_prune_n", "int")),
+    "decision": (("t2t_block", "dec_block_T2T-ViT", "int"), ("t2t_head", "dec_head_T2T-ViT", "int"),
+                 ("vit_block", "dec_block_ViT", "int"), ("vit_head", "dec_head_ViT", "int"),
+                 ("second", "dec_second", "str"), ("other", "dec_other", "shape"), ("other_ex", "dec_other_ex", "int"),
+                 ("second_photo", "dec_photo", "str"), ("resid", "dec_resid", "str")),
 }
 
 

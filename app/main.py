@@ -21,6 +21,8 @@ down this list, checked by tests/app/test_layers.py):
     links.py         lesson links: URL query parameters <-> widget state (add a page's parameters here),
                      every value checked: a link never breaks a page nor widens the weight sources
     widgets.py       Streamlit pieces: `show` a figure, click callbacks, texts, outside-the-classes notices
+    mechanisms.py    inside the decision: logit lens, direct logit attribution, activation patching between
+                     two images, attention sinks; their figures and sentences
     charts.py        plotly mosaics and data charts (top-k, depth, heads, CKA matrix, strips)
     figures.py       plotly image figures, overlays, token pickers, grid geometry, PNG encoding
     explanations.py  explanation maps, carrying them back to pixels, faithfulness scores
@@ -77,7 +79,9 @@ PAGES = [
             url_path="features"),
     st.Page("views/5_classify.py", title="Classify", icon=":material/bar_chart:", url_path="classify"),
     st.Page("views/6_knockouts.py", title="Knock-outs", icon=":material/block:", url_path="knockouts"),
-    # next: the soft-split sandbox (views/7_soft_split_sandbox.py, url_path "sandbox"), the mechanisms page
+    # next: the soft-split sandbox (views/7_soft_split_sandbox.py, url_path "sandbox")
+    st.Page("views/8_inside_the_decision.py", title="Inside the decision", icon=":material/account_tree:",
+            url_path="decision"),
 ]
 PAGE_AT = {p.url_path or "tokens": p for p in PAGES}  # the default page answers at "/": its url_path is ""
 TITLES = {path: p.title for path, p in PAGE_AT.items()}

@@ -18,7 +18,7 @@ and a tour link always show the same view, whatever the student changed meanwhil
 image stay as the student chose them unless the tour sets them; the texts' numbers follow them.
 
 May import: app.links, app.widgets, app.access, app.compute, app.explanations, app.knockouts,
-app.models, streamlit, t2t, analysis.
+app.mechanisms, app.models, streamlit, t2t, analysis.
 """
 
 from __future__ import annotations
@@ -382,6 +382,23 @@ class StepView:
     def knock_mode(self) -> str:
         return self.state.get("ko_mode") if self.state.get("ko_mode") in ("zero", "mean") else "zero"
 
+    # ---- page 8: the second image of the patching pair, the chosen cell of the DLA grids
+    @functools.cached_property
+    def decision(self) -> dict[str, Any]:
+        """The Inside-the-decision page's view, clamped as the page clamps it (`mechanisms.clean_view`)."""
+        from app import mechanisms
+
+        return mechanisms.clean_view(self.ctx.image, {lm.role: (lm.num_blocks, lm.num_heads) for lm in self.ctx.models},
+                                     self.state, top={lm.role: mechanisms.strongest_head(mechanisms.attribution(
+                                         self.ctx, lm)) for lm in self.ctx.models})
+
+    @functools.cached_property
+    def second(self):
+        """The second image of the step's patching pair (`mechanisms.Second`; a tour brings no upload)."""
+        from app import mechanisms
+
+        return mechanisms.second_of_view(self.ctx.image, self.decision)
+
 
 @dataclass(frozen=True)
 class Field:
@@ -582,9 +599,74 @@ def _fields() -> dict[str, Field]:
             f"'{role} now answers **CLASS**'", str, lambda v, w=which, r=role: _knock_verdict(v, w, r))
     add("features.threshold", "the invalid-channel threshold (× the block's typical spread)", float,
         lambda v: v.threshold, "g")
+    _decision_fields(add)
     add("invalid.verdict", "the Feature richness page's verdict on the paper's claim (fewer invalid channels in "
         "T2T-ViT), over all blocks", str, _invalid_verdict)
     return f
+
+
+def _decision_fields(add: Callable[..., None]) -> None:
+    """The Inside-the-decision page's numbers (app/mechanisms.py): the logit lens, direct logit attribution and
+    the heads' activation patching of the step's pair."""
+    from app import mechanisms as m
+
+    for which, role in (("t2t", "T2T-ViT"), ("vit", "ViT")):
+        lens = (lambda v, w=which: m.lens(v.ctx, v.role(w)))
+        dla = (lambda v, w=which: m.attribution(v.ctx, v.role(w)))
+        add(f"lens.{which}.class", f"{role}'s answer (its top class at the end)", str,
+            lambda v, w=which, f=lens: v.role(w).class_names[f(v).target])
+        add(f"lens.{which}.settles", f"from where {role}'s answer is the lens's top class to the end: 'the embedding' "
+            "or 'block K'", str, lambda v, f=lens: m.depth_name(f(v).stay))
+        add(f"lens.{which}.settles_share", "that depth as a share of the model's blocks (the chart's x)", float,
+            lambda v, f=lens: f(v).stay / f(v).blocks, ".0%")
+        add(f"lens.{which}.start_rank", f"the rank of {role}'s answer read after the embedding (1: the top class)",
+            int, lambda v, f=lens: int(f(v).ranks[0]))
+        add(f"lens.{which}.final_p", f"the probability of {role}'s answer at the end", float,
+            lambda v, f=lens: float(f(v).probs[-1]), ".1%")
+        add(f"dla.{which}.logit", f"{role}'s logit of its answer (class token head)", float,
+            lambda v, f=dla: f(v).logit, ".2f")
+        add(f"dla.{which}.sigma", f"the final LayerNorm's sigma of {role} on this image, held fixed", float,
+            lambda v, f=dla: f(v).sigma, ".3f")
+        add(f"dla.{which}.heads", f"what {role}'s heads write into that logit together", float,
+            lambda v, f=dla: float(f(v).heads.sum()), "+.2f")
+        add(f"dla.{which}.mlps", f"what {role}'s MLPs write into it together", float,
+            lambda v, f=dla: float(f(v).mlps.sum()), "+.2f")
+        add(f"dla.{which}.top_head", f"{role}'s head with the largest |DLA|: 'block B, head H'", str,
+            lambda v, f=dla: "block {}, head {}".format(*m.strongest_head(f(v))))
+        add(f"dla.{which}.top_value", "what that head writes", float,
+            lambda v, f=dla: float(f(v).heads[m.strongest_head(f(v))]), "+.2f")
+        add(f"dla.{which}.top_share", f"the share of the heads' total |DLA| held by {role}'s top 10% of heads", float,
+            lambda v, f=dla: m.top_share(f(v), m.TOP_FRACTION)[0], ".0%")
+        add(f"dla.{which}.top_count", "how many heads that top 10% is", int,
+            lambda v, f=dla: m.top_share(f(v), m.TOP_FRACTION)[1])
+        add(f"dla.{which}.count", f"{role}'s heads in all", int, lambda v, f=dla: int(f(v).heads.size))
+        add(f"patch.{which}.baseline", f"the class whose logit {role}'s patching metric subtracts (the second image's "
+            "top class, or the image's runner-up when both agree)", str,
+            lambda v, w=which: v.role(w).class_names[_patch_heads(v, w).baseline])
+        add(f"patch.{which}.best", f"the largest share of the difference one head of {role} brings back", float,
+            lambda v, w=which: float(np.nanmax(_patch_heads(v, w).recovered)), ".0%")
+        add(f"patch.{which}.best_head", "that head: 'block B, head H'", str,
+            lambda v, w=which: "block {}, head {}".format(*np.unravel_index(
+                int(np.nanargmax(_patch_heads(v, w).recovered)), _patch_heads(v, w).recovered.shape)))
+        add(f"patch.{which}.many", f"how many of {role}'s heads bring back `patch.threshold` or more", int,
+            lambda v, w=which: int((_patch_heads(v, w).recovered >= m.HEAD_RECOVERS).sum()))
+        add(f"patch.{which}.count", f"{role}'s heads in all", int,
+            lambda v, w=which: int(_patch_heads(v, w).recovered.size))
+    add("patch.second", "the second image of the step's pair, as the page names it", str, lambda v: v.second.label)
+    add("patch.threshold", "the share from which a head counts as bringing the difference back", float,
+        lambda v: m.HEAD_RECOVERS, ".0%")
+
+
+def _patch_heads(v: StepView, which: str):
+    """The heads' activation patching of the step's pair (the `QUICK` queue's job, waited for: a worker's job in a
+    server); refused when the two images give the same metric (nothing to bring back)."""
+    from app import mechanisms
+
+    pending = mechanisms.heads_patching(v.ctx, v.role(which), v.second)
+    result = pending.value if pending.ready else pending.job.future.result()
+    if result.nothing_to_recover:
+        raise ValueError("the two images give the same metric: there is nothing to bring back")
+    return result
 
 
 def _knock_verdict(v: StepView, which: str, role: str) -> str:

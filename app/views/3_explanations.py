@@ -8,6 +8,7 @@ from inspect import signature
 
 import numpy as np
 import streamlit as st
+from torch import Tensor
 
 from analysis.attributions import COMPLETENESS_TOLERANCE
 from analysis.maps import display_scale
@@ -23,7 +24,10 @@ widgets.explain_text(
     "important first, and watch the class probability (**deletion AUC**: lower is better, the score should "
     "collapse quickly); or start from a blurred image and put the pixels back (**insertion AUC**: higher is "
     "better). For T2T-ViT, the 14×14 map of the backbone is **carried back through the T2T module**, through "
-    "the soft splits and the T2T attention, instead of being stretched like ViT's patches. Compare: do the "
+    "the soft splits and the T2T attention, instead of being stretched like ViT's patches. **AttnLRP** and "
+    "**CP-LRP** (layer-wise relevance propagation) need no carrying back: they pass the class logit back layer "
+    "by layer to the pixels themselves, through T2T-ViT's soft splits too (red: for the class, blue: against), "
+    "and beside each map its **conservation** says how much of the logit reached the pixels. Compare: do the "
     "two models look at the same object, and does the better-looking map also score better? Below each "
     "method, a line says what the scores show on this image."
 )
@@ -134,6 +138,27 @@ def method_map(lm: models.LoadedModel, method: str, target: int) -> tuple[str, o
     return f"{method}|{target}", explanations.explanation(ctx, lm, method, target), None
 
 
+def lrp_overlay_uri(key: str, img: np.ndarray, relevance: Tensor) -> tuple[str, float]:
+    """PNG data URI of the image (S, S, 3), in light grey, under a signed pixel relevance map (S, S): red for
+    the class, blue against, transparent at 0 (matplotlib's "bwr", zennit's and LXT's heat map colours), and
+    the |relevance| drawn at full colour: its 99.5th percentile, so a few hot pixels do not wash out the rest."""
+    values = figures.to_numpy(relevance)
+    top = max(float(np.quantile(np.abs(values), 0.995)), 1e-12)
+    rgb = figures.colorize(values, "bwr", vmin=-top, vmax=top).astype(np.float32)
+    grey = 0.6 * img.astype(np.float32).mean(axis=-1, keepdims=True) + 0.4 * 255
+    alpha = 0.9 * np.clip(np.abs(values) / top, 0, 1)[..., None] ** 0.5  # faint near 0, so the image shows
+    blend = np.clip(grey * (1 - alpha) + rgb * alpha, 0, 255).astype(np.uint8)
+    return figures.cached_png_uri(key, blend), top
+
+
+def signed_scale(m: Tensor) -> np.ndarray:
+    """A signed map scaled for a diverging colour scale on [0, 1]: 0.5 at 0, 0 / 1 at -+ its 99.5th percentile
+    of |values| (clipped beyond)."""
+    values = figures.to_numpy(m)
+    top = max(float(np.quantile(np.abs(values), 0.995)), 1e-12)
+    return np.clip(values / top, -1, 1) / 2 + 0.5
+
+
 def completeness_note(lm: models.LoadedModel, gap: dict[str, float]) -> None:
     """IG's completeness beside its map: sum of attributions vs f(x) - f(baseline), warned above 5%."""
     total = gap["output_change"] + gap["delta"]
@@ -189,23 +214,36 @@ for method in methods:
     scores: dict[str, jobs.Pending] = {}
     for col, lm in zip(cols, ctx.models, strict=True):
         with col:
+            rel = None
             with st.spinner(f"{explanations.METHOD_NAMES[method]} for {lm.name} …"):
-                map_id, heat, gap = method_map(lm, method, targets[lm.role])
-                if heat is None:  # a slow method still running: its progress bar is drawn instead
-                    continue
-                pix, stages = explanations.pixels_of(ctx, lm, map_id, heat, carry)
+                if method in explanations.LRP_METHODS:  # relevance at the pixels: nothing to carry back or stretch
+                    rel = explanations.lrp_maps(ctx, lm, method, targets[lm.role])
+                    map_id, pix, stages, gap = f"{method}|{targets[lm.role]}|pixels", rel.pixels, rel.stages, None
+                    faith_id = map_id
+                else:
+                    map_id, heat, gap = method_map(lm, method, targets[lm.role])
+                    if heat is None:  # a slow method still running: its progress bar is drawn instead
+                        continue
+                    pix, stages = explanations.pixels_of(ctx, lm, map_id, heat, carry)
+                    faith_id = f"{map_id}|{carry}"
             if score:  # queued before the figure is drawn, so the curves run while the page is sent
-                scores[lm.role] = explanations.faithfulness_scores(ctx, lm, f"{map_id}|{carry}", pix,
-                                                                   targets[lm.role], steps)
-            if stages is not None:
+                scores[lm.role] = explanations.faithfulness_scores(ctx, lm, faith_id, pix, targets[lm.role], steps)
+            if stages:
                 journeys[method] = stages
             img = ctx.display_image(lm)
-            key = f"{lm.key}|{ctx.image.key}|{map_id}|{carry}"
-            uri = figures.cached_overlay_uri(key, img, lambda pix=pix: figures.to_numpy(display_scale(pix)))
+            if rel is not None:
+                uri, top = lrp_overlay_uri(f"{lm.key}|{ctx.image.key}|{map_id}", img, rel.pixels)
+            else:
+                key = f"{lm.key}|{ctx.image.key}|{map_id}|{carry}"
+                uri = figures.cached_overlay_uri(key, img, lambda pix=pix: figures.to_numpy(display_scale(pix)))
             fig = figures.image_figure(uri, img.shape[:2], title=f"{lm.role}: {lm.name}", height=380)
             widgets.show(fig, key=f"exp_{method}_{lm.role}", filename=f"{method}_{lm.name}")
             if gap is not None:
                 completeness_note(lm, gap)
+            if rel is not None:
+                rule = f"the Gamma rule, γ = {rel.gamma:g}" if rel.gamma is not None else "the plain gradient"
+                st.caption(explanations.conservation_text(rel) + f" Linear layers: {rule}. Red for the class, blue "
+                           f"against, full colour at ±{top:.2g} (99.5th percentile of |relevance|).")
             widgets.domain_notice(lm, ctx.image, short=True)
             if lm.role in scores:
                 show_scores(scores[lm.role])
@@ -215,7 +253,7 @@ for method in methods:
         jobs.draw_when_ready(list(scores.values()), functools.partial(show_verdict, title, list(scores)),
                              progress=False)
 
-if ctx.t2t.family == "t2t" and carry != "stretch" and methods:
+if ctx.t2t.family == "t2t" and carry != "stretch" and any(m not in explanations.LRP_METHODS for m in methods):
     conc = {name: explanations.t2t_concentration(ctx, ctx.t2t, f"t2t.{name}_map") for name in ("attn1", "attn2")}
     parts = [f"T2T attention {name[-1]}: a query puts a median {c['median_row']:.1%} of its weight on its top "
              f"{int(c['top'])} of {int(c['tokens'])} tokens (1%), and {c['columns']:.1%} of all the weight lands "
@@ -230,10 +268,27 @@ if journeys:
     method = st.selectbox("Method", list(journeys), format_func=explanations.METHOD_NAMES.__getitem__,
                           key="exp_journey")
     stages = journeys[method]
-    maps = [figures.to_numpy(display_scale(m)) for _, m in stages]  # each clipped at its 99.5th percentile
+    lrp_journey = method in explanations.LRP_METHODS
+    if lrp_journey:  # signed relevance: 0 white, each panel's sum in its title
+        maps = [signed_scale(m) for _, m in stages]
+        titles = [f"{t} (Σ={float(m.sum()):.3g})" for t, m in stages]  # one word: wrapped whole
+    else:
+        maps = [figures.to_numpy(display_scale(m)) for _, m in stages]  # each clipped at its 99.5th percentile
+        titles = [t for t, _ in stages]
     maps[-1] = maps[-1].reshape(maps[-1].shape[0] // 2, 2, maps[-1].shape[1] // 2, 2).mean(axis=(1, 3))  # lighter
-    widgets.show(charts.strip_figure(maps, [t for t, _ in stages]), key="exp_strip")
-    st.caption("Left to right: the backbone's map, then each step back towards the pixels. A soft split spreads "
-               "each token's value over the window it was cut from (overlapping windows add up); a T2T attention "
-               "step spreads it over the tokens that token attended to, keeping a share for itself (the layer's "
-               "skip connection). Each panel is scaled to its own range.")
+    strip = charts.strip_figure(maps, titles, colorscale="RdBu_r" if lrp_journey else "Inferno")
+    if lrp_journey:
+        strip.update_traces(zmin=0, zmax=1)  # the same diverging range in every panel: white is 0
+    widgets.show(strip, key="exp_strip")
+    if lrp_journey:
+        st.caption("Left to right: where the relevance sits at each step of the T2T module, from the backbone's "
+                   "tokens back to the pixels, all from the same single backward pass (nothing is carried back: "
+                   "this is the relevance itself). A soft split hands each token's relevance to the pixels or "
+                   "tokens of its window (overlapping windows add up); a T2T attention step shares it between "
+                   "the tokens the layer mixed. Red: for the class, blue: against, each panel scaled to its own "
+                   "range; Σ is the panel's total, which a step that conserves relevance keeps.")
+    else:
+        st.caption("Left to right: the backbone's map, then each step back towards the pixels. A soft split "
+                   "spreads each token's value over the window it was cut from (overlapping windows add up); a "
+                   "T2T attention step spreads it over the tokens that token attended to, keeping a share for "
+                   "itself (the layer's skip connection). Each panel is scaled to its own range.")

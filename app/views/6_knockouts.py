@@ -8,7 +8,7 @@ import functools
 import numpy as np
 import streamlit as st
 
-from app import charts, compute, figures, jobs, knockouts, widgets
+from app import charts, compute, explanations, figures, jobs, knockouts, widgets
 from app.models import LoadedModel
 
 ctx = compute.context()
@@ -20,7 +20,8 @@ widgets.explain_text(
     "classes and the chosen map are recomputed with those heads out. For T2T-ViT you can also reduce **T2T "
     "attention 1 or 2** to its value path, so that the soft splits alone build the tokens. Below, the "
     "**importance** of every head that is still in: how much the class logit drops when that head is knocked "
-    "out too. At the bottom, the **pruning curve**: accuracy on labelled synthetic images as heads go, least "
+    "out too, and under it which heads **AttnLRP** says carry the class's relevance: do the two agree? At the "
+    "bottom, the **pruning curve**: accuracy on labelled synthetic images as heads go, least "
     "important first; the T2T-ViT paper argues that ViT's backbone is redundant. The sentences under each "
     "chart say what its numbers show."
 )
@@ -126,7 +127,12 @@ for col, lm in zip(cols, ctx.models, strict=True):
 st.subheader("How much each head still matters")
 st.caption("Each cell: the drop of the class logit (of the class the intact model predicts) when that head is knocked "
            "out as well, given the parts knocked out above (0 for a head already out, crossed). Red: the head helped "
-           "that class; blue: the class does better without it.")
+           "that class; blue: the class does better without it. Under it, the same heads' **AttnLRP relevance** "
+           "(Achtibat et al. 2024): how much of the class logit's relevance passed through each head of the intact "
+           "model, from one backward pass instead of one knock-out per head. The sentence under the two grids "
+           "compares their rankings over the heads still in (Spearman's ρ: 0.5 or more is strong agreement, 0.3 "
+           "moderate, 0.1 weak, between -0.1 and 0.1 none, below -0.1 disagreement; the p-value counts random "
+           "rankings that do as well).")
 
 
 def draw_grid(lm: LoadedModel, heads: list[tuple[int, int]], grid: knockouts.HeadGrid) -> None:
@@ -145,14 +151,32 @@ def grid_sentence(lm: LoadedModel, heads: list[tuple[int, int]], grid: knockouts
                f"probability); {helping} of {drop.size - len(heads)} heads still in help the class (drop > 0).")
 
 
+def draw_relevance(lm: LoadedModel, heads: list[tuple[int, int]], off: tuple[int, ...],
+                   maps: explanations.LrpMaps) -> None:
+    intact_model = " (intact model)" if heads or off else ""  # LRP explains the model as it is, nothing knocked out
+    fig = charts.head_grid_figure(maps.heads.numpy(), (lm.num_blocks, lm.num_heads), heads, colorbar="relevance",
+                                  title=f"{lm.role}: AttnLRP relevance for {lm.class_names[maps.target]}{intact_model}")
+    widgets.show(fig, key=f"ko_relevance_{lm.role}", filename=f"knockout_relevance_{lm.name}")
+
+
+def relevance_sentence(lm: LoadedModel, heads: list[tuple[int, int]], off: tuple[int, ...], grid: knockouts.HeadGrid,
+                       maps: explanations.LrpMaps) -> None:
+    agreement = knockouts.relevance_agreement(maps.heads.numpy(), grid.logit_drop, heads)
+    st.markdown(knockouts.agreement_sentence(lm.role, "AttnLRP", agreement, len(heads), off))
+
+
 cols = st.columns(2)
 for col, lm in zip(cols, ctx.models, strict=True):
     target = int(np.argmax(intact[lm.role].probs))
     off = t2t_off if lm.role == ctx.t2t.role else ()
     pending = knockouts.head_grid(ctx, lm, target, knocked[lm.role], off, mode)
+    relevance = explanations.lrp_soon(ctx, lm, "attnlrp", target)  # the intact model's, whatever is knocked out
     with col:
         jobs.draw_when_ready([pending], functools.partial(draw_grid, lm, knocked[lm.role]))
         jobs.draw_when_ready([pending], functools.partial(grid_sentence, lm, knocked[lm.role]), progress=False)
+        jobs.draw_when_ready([relevance], functools.partial(draw_relevance, lm, knocked[lm.role], off))
+        jobs.draw_when_ready([pending, relevance], functools.partial(relevance_sentence, lm, knocked[lm.role], off),
+                             progress=False)
 
 st.subheader("Pruning curves: how many heads can go?")
 p1, p2 = st.columns([3, 2])

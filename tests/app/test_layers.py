@@ -24,7 +24,7 @@ LAYERS: dict[str, int] = {
     "explanations": 4, "knockouts": 4,
     "figures": 5,
     "charts": 6, "sandbox": 6,
-    "widgets": 7, "links": 7,
+    "widgets": 7, "links": 7, "mechanisms": 7,
     "sidebar": 8, "tours": 8,
     "export": 9,
     "main": 10, "views": 10,  # every page of app/views/

@@ -34,6 +34,7 @@ HEADERS = {  # page url path -> the page's header
     "features": "Feature richness: how much do the channels carry?",
     "classify": "Classify",
     "knockouts": "Knock-outs: switch parts off and watch",
+    "decision": "Inside the decision: how the answer is built",
 }
 GOOD = '''title = "A small tour"
 [[step]]

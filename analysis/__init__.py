@@ -3,7 +3,8 @@
 Computation works on plain tensors (documented shapes) and never imports streamlit; figure
 builders live apart in `analysis.figures` (plotly) and `analysis.plots` (matplotlib).
 
-Entry points, as functions: `from analysis import explain` (every map method by name), and the
+Entry points, as functions: `from analysis import explain` (every map method by name), `lrp`
+(AttnLRP, `analysis.lrp.lrp`), and the
 names of `ENTRY_POINTS` below, imported on first use so that `import analysis` stays light.
 Modules are reached as modules: `from analysis import rollout` (the module `analysis.rollout`),
 `from analysis.cka import linear_cka`.
@@ -18,6 +19,7 @@ from typing import Any
 # function whatever was imported before (a later `import analysis.explain` finds the module in
 # sys.modules and does not rebind the package's attribute). Cheap: Captum is imported on first use.
 from analysis.explain import explain
+from analysis.lrp import lrp  # the same for `lrp`: module and function
 
 #: name -> module of the public functions `from analysis import NAME` gives (lazily).
 ENTRY_POINTS: dict[str, str] = {
@@ -36,7 +38,7 @@ ENTRY_POINTS: dict[str, str] = {
     "attention_sinks": "analysis.mechanisms",
 }
 
-__all__ = ["explain", *ENTRY_POINTS]
+__all__ = ["explain", "lrp", *ENTRY_POINTS]
 
 
 def __getattr__(name: str) -> Any:

@@ -65,13 +65,17 @@ PAGE_PARAMS = {  # st.Page url_path -> parameters of that page
                  ("vit_block", "dec_block_ViT", "int"), ("vit_head", "dec_head_ViT", "int"),
                  ("second", "dec_second", "str"), ("other", "dec_other", "shape"), ("other_ex", "dec_other_ex", "int"),
                  ("second_photo", "dec_photo", "str"), ("resid", "dec_resid", "str")),
+    "sandbox": tuple((f"{w}{i}", f"sb_{w}{i}", "int") for i in range(3) for w in "ksp")
+    + (("size", "sb_size", "int"), ("try", "sb_try", "bool")),
 }
 
 
 # Fixed ranges of the pages' widgets (a page that changes one changes it here); every other whole number
 # (blocks, heads, tokens) must be 0 to MAX_INDEX, and the pages clamp it to the models in use.
 RANGES: dict[str, tuple[float, float]] = {"ex": (0, 999), "steps": (4, 20), "discard": (0.0, 0.95),
-                                          "thr": (0.02, 0.5)}
+                                          "thr": (0.02, 0.5), "size": (32, 512),
+                                          **{f"k{i}": (1, 15) for i in range(3)}, **{f"s{i}": (1, 8) for i in range(3)},
+                                          **{f"p{i}": (0, 7) for i in range(3)}}
 MAX_INDEX = 10_000
 MAX_TEXT = 3000  # characters of a value: every head of ViT-L/16 as a list ("23.15," x 384) takes about 2,300
 MAX_ITEMS = 400  # entries of a list value (the most heads of a registry model: 24 blocks x 16 = 384)

@@ -23,6 +23,8 @@ down this list, checked by tests/app/test_layers.py):
     widgets.py       Streamlit pieces: `show` a figure, click callbacks, texts, outside-the-classes notices
     mechanisms.py    inside the decision: logit lens, direct logit attribution, activation patching between
                      two images, attention sinks; their figures and sentences
+    sandbox.py       the soft-split sandbox: geometry, costs, a model with those splits, its figures
+                     (no Streamlit calls)
     charts.py        plotly mosaics and data charts (top-k, depth, heads, CKA matrix, strips)
     figures.py       plotly image figures, overlays, token pickers, grid geometry, PNG encoding
     explanations.py  explanation maps, carrying them back to pixels, faithfulness scores
@@ -70,18 +72,21 @@ st.set_page_config(page_title="t2t-lens", page_icon=":material/grid_on:", layout
 # without this script, hence without the sidebar and its context.
 # A new page: one entry here (its url_path is its lesson links' and tours' `page`), its parameters in
 # links.PAGE_PARAMS. The order is the navigation's.
+TOKENS_FILE, TOKENS_TITLE = "views/1_tokens_to_token.py", "Tokens-to-Token, step by step"
 PAGES = [
-    st.Page("views/1_tokens_to_token.py", title="Tokens-to-Token, step by step", icon=":material/grid_on:",
-            url_path="tokens", default=True),
+    # The default page is served at "/" and Streamlit answers its own url_path with "Page not found": its
+    # lesson-link address, /tokens, is the hidden page at the end of this list (the same file).
+    st.Page(TOKENS_FILE, title=TOKENS_TITLE, icon=":material/grid_on:", url_path="tokens_to_token", default=True),
     st.Page("views/2_attention.py", title="Attention explorer", icon=":material/visibility:", url_path="attention"),
     st.Page("views/3_explanations.py", title="Explanations", icon=":material/lightbulb:", url_path="explanations"),
     st.Page("views/4_feature_richness.py", title="Feature richness", icon=":material/texture:",
             url_path="features"),
     st.Page("views/5_classify.py", title="Classify", icon=":material/bar_chart:", url_path="classify"),
     st.Page("views/6_knockouts.py", title="Knock-outs", icon=":material/block:", url_path="knockouts"),
-    # next: the soft-split sandbox (views/7_soft_split_sandbox.py, url_path "sandbox")
+    st.Page("views/7_soft_split_sandbox.py", title="Soft-split sandbox", icon=":material/tune:", url_path="sandbox"),
     st.Page("views/8_inside_the_decision.py", title="Inside the decision", icon=":material/account_tree:",
             url_path="decision"),
+    st.Page(TOKENS_FILE, title=TOKENS_TITLE, icon=":material/grid_on:", url_path="tokens", visibility="hidden"),
 ]
 PAGE_AT = {p.url_path or "tokens": p for p in PAGES}  # the default page answers at "/": its url_path is ""
 TITLES = {path: p.title for path, p in PAGE_AT.items()}

@@ -13,6 +13,13 @@ Targets (issue 12): Explanations 3 s for a new image and 1 s for a widget; every
 0.5 s. The table gives the medians, the worst runs and median / target (<= 1 meets the target).
 The first visit of each page (and two widget moves) is a warm-up and is not counted.
 
+Each widget move against the framework's floor (issue 29): a bare Streamlit app (`FLOOR_APP`: a sidebar, one
+slider, two 56 x 56 plotly heat maps that the slider changes) is served beside the app and opened in a second
+tab of the same browser; right before each pair of widget moves its slider is moved twice (its tab in front,
+as the app's is for the app), so both are timed at the same moments. move / floor is the widget's complete
+median over the floor's; target <= 1.25 for a move that computes nothing. A new image against compute +
+floor: the page's complete median over (its direct compute + the floor median); target <= 1.
+
 Each page against its own compute (issue 22): right after each page's runs in the browser (the server
 idle), the work that page needs for each of the same new images (both preprocessings and traces, the
 page's default methods and scores) and for its widget's first move is done directly, one call after
@@ -27,9 +34,13 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +48,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._browser import (  # noqa: E402
+    COMPLETE,
+    TWO_FRAMES,
     exception_text,
     launch,
     nudge_slider,
@@ -55,6 +68,8 @@ class PageBench:
     move: Callable[[object, int], None]  # (page, i) -> change the widget (i = 0, 1, 2, ...)
     new_image_target: float
     widget_target: float
+    # the element move i makes appear, for a move whose fragment run can be too short for the run clock
+    shows: Callable[[int], str] | None = None
 
 
 def _slider(key: str) -> Callable[[object, int], None]:
@@ -72,11 +87,95 @@ PAGES = {
     "explanations_discard": PageBench("explanations", "rollout discard ratio slider", _slider("exp_discard"), 3.0,
                                       1.0),
     "features": PageBench("features", "ViT block slider", _slider("fr_block_ViT"), 2.0, 0.5),
-    "classify": PageBench("classify", "batch source radio", _radio("batch_source"), 2.0, 0.5),
+    # the radio reruns the batch fragment only (issue 29): a run of a few milliseconds, which the frontend may
+    # never mark "running", so this move is timed until the other option's widget is on screen
+    "classify": PageBench("classify", "batch source radio", _radio("batch_source"), 2.0, 0.5,
+                          shows=lambda i: ".st-key-batch_upload" if i % 2 == 0 else ".st-key-batch_n"),
 }
 
 
 DEFAULT_PAGE = "tokens"
+
+# The floor: what any Streamlit page pays for a widget move that reruns its script, with a sidebar and two
+# figures to send and draw; the slider changes both heat maps (a figure that did not change might not be
+# drawn again).
+FLOOR_APP = """
+import numpy as np
+import plotly.graph_objects as go
+import streamlit as st
+
+st.set_page_config(layout="wide")
+with st.sidebar:
+    st.header("Sidebar")
+    st.selectbox("Model", ["a", "b", "c"], key="model")
+    st.number_input("Example", 0, 999, 0, key="example")
+    st.caption("A sidebar like the app's, drawn again on every run.")
+value = st.slider("Value", 0, 55, 28, key="floor")
+left, right = st.columns(2)
+for column, seed in ((left, 0), (right, 1)):
+    z = np.random.default_rng(seed).random((56, 56))
+    z[value, :] = 2.0
+    fig = go.Figure(go.Heatmap(z=z, colorscale="Inferno"))
+    fig.update_layout(height=420, margin={"l": 0, "r": 0, "t": 30, "b": 0}, title=f"heat map {seed}, row {value}")
+    column.plotly_chart(fig, key=f"heat{seed}", theme=None)
+"""
+
+
+@contextmanager
+def floor_server(port: int, timeout_s: float = 120.0) -> Iterator[str]:
+    """`streamlit run` of FLOOR_APP (a temporary file) on 127.0.0.1:`port`, headless; its URL."""
+    with tempfile.TemporaryDirectory() as folder:
+        script = Path(folder) / "floor.py"
+        script.write_text(FLOOR_APP)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", str(script), "--server.headless", "true", "--server.port",
+             str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
+             "--server.fileWatcherType", "none"], cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + timeout_s
+            while True:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as response:
+                        if response.read().strip() == b"ok":
+                            break
+                except OSError:
+                    pass
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the floor app did not start on port {port}")
+                time.sleep(0.3)
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+# True when both heat maps of the floor app are drawn with row `arg` in their titles and no run is going on.
+FLOOR_DRAWN = """(row) => {
+  const titles = Array.from(document.querySelectorAll('.js-plotly-plot .gtitle')).map(t => t.textContent);
+  const runs = window.__runs || [];
+  return titles.length === 2 && titles.every(t => t.endsWith('row ' + row))
+    && runs.length > 0 && runs[runs.length - 1][1] === 'notRunning';
+}"""
+
+
+def floor_moves(floor, count: int) -> Times:
+    """`count` moves of the floor app's slider (one step right, then back), its tab in front: each from the key
+    press until both heat maps show the new row and the browser has painted two more frames. (Its runs are so
+    short that the frontend may never mark one "running", so `timed`'s run clock could wait for ever.)"""
+    floor.bring_to_front()
+    times: Times = []
+    for i in range(count):
+        row = int(floor.locator(".st-key-floor input[type='range']").first.input_value()) + (1 if i % 2 == 0 else -1)
+        t0 = floor.evaluate("() => performance.now()")
+        nudge_slider(floor, "floor", 1 if i % 2 == 0 else -1)
+        floor.wait_for_function(FLOOR_DRAWN, arg=row, timeout=300_000, polling=20)
+        done = (floor.evaluate(TWO_FRAMES) - t0) / 1000
+        times.append((done, done))
+    return times
 
 
 def go_to(page, url_path: str) -> float:
@@ -85,6 +184,20 @@ def go_to(page, url_path: str) -> float:
     # the default page's link is the app's root URL
     link = nav.first if url_path == DEFAULT_PAGE else nav.and_(page.locator(f'a[href$="/{url_path}"]'))
     return timed(page, link.click)
+
+
+def timed_move(page, pb: PageBench, i: int) -> tuple[float, float]:
+    """`timed` for move i of a page's widget; for a move with `shows`, until that element is attached and the
+    browser has painted two more frames (drawn), then until no progress bar is left (complete)."""
+    if pb.shows is None:
+        return timed(page, lambda: pb.move(page, i))
+    t0 = page.evaluate("() => performance.now()")
+    pb.move(page, i)
+    page.wait_for_selector(pb.shows(i), state="attached", timeout=300_000)
+    drawn = page.evaluate(TWO_FRAMES)
+    page.wait_for_function(COMPLETE, timeout=300_000, polling=20)
+    complete = page.evaluate(TWO_FRAMES)
+    return (drawn - t0) / 1000, (complete - t0) / 1000
 
 
 def checked(page, seconds: tuple[float, float], what: str) -> tuple[float, float]:
@@ -98,17 +211,25 @@ Times = list[tuple[float, float]]  # (drawn, complete) per action
 
 
 def bench(page, pages: list[str], repeats: int, compute: Callable[[str, list[int]], tuple[list[float], list[float]]],
-          ) -> list[tuple[str, PageBench, Times, Times, tuple[list[float], list[float]]]]:
-    """Each page in the browser, then (the server idle) the same work done directly on the same images."""
+          floor=None) -> list[tuple[str, PageBench, Times, Times, tuple[list[float], list[float]], Times]]:
+    """Each page in the browser, then (the server idle) the same work done directly on the same images.
+
+    With `floor` (a tab on FLOOR_APP): right before each pair of widget moves, two floor slider moves, the
+    floor's tab in front, then the app's tab back in front: the floor is timed at the same moments as the
+    page, which a machine shared with other work needs (blocks of moves a minute apart differed by 1.5x)."""
     example = 100  # synthetic examples 100.. are never the default image
     rows = []
     here = DEFAULT_PAGE  # the page the browser shows (opening it again would start no run to time)
     for name in pages:
         pb = PAGES[name]
+        floor_times: Times = []
+        if floor is not None:
+            floor_moves(floor, 2)  # warm-up: the floor tab's first frames in front
+            page.bring_to_front()
         first = (0.0, 0.0) if pb.url_path == here else checked(page, go_to(page, pb.url_path), f"opening {name}")
         here = pb.url_path
         for i in range(2):  # warm this page's widget paths on the current image
-            checked(page, timed(page, lambda i=i, pb=pb: pb.move(page, i)), f"{pb.widget} on {name}")
+            checked(page, timed_move(page, pb, i), f"{pb.widget} on {name}")
         new_image: Times = []
         widget: Times = []
         examples: list[int] = []
@@ -117,12 +238,14 @@ def bench(page, pages: list[str], repeats: int, compute: Callable[[str, list[int
                                      f"new image on {name}"))
             examples.append(example)
             example += 1
+            if floor is not None:
+                floor_times += floor_moves(floor, 2)
+                page.bring_to_front()
             for i in range(2):
-                widget.append(checked(page, timed(page, lambda i=i, pb=pb: pb.move(page, i)),
-                                      f"{pb.widget} on {name}"))
+                widget.append(checked(page, timed_move(page, pb, i), f"{pb.widget} on {name}"))
         wait_quiet(page)
         direct = compute(name, examples)  # right after the page's own runs: the same moment's machine
-        rows.append((name, pb, new_image, widget, direct))
+        rows.append((name, pb, new_image, widget, direct, floor_times))
         ni, wi = summary(new_image), summary(widget)
         print(f"{name:13s} first visit {first[1]:6.2f} s   new image drawn {ni[0]:5.2f} s, complete {ni[1]:5.2f} s "
               f"(max {ni[2]:.2f})   widget drawn {wi[0]:5.2f} s, complete {wi[1]:5.2f} s (max {wi[2]:.2f})  "
@@ -131,6 +254,8 @@ def bench(page, pages: list[str], repeats: int, compute: Callable[[str, list[int
         print(f"{'':13s} complete, s: new image {fmt(new_image)}; widget, first move {fmt(widget[0::2])}, "
               f"move back {fmt(widget[1::2])}", flush=True)
         print(f"{'':13s} compute, s: new image {fmt1(direct[0])}; widget, first move {fmt1(direct[1])}", flush=True)
+        if floor_times:
+            print(f"{'':13s} floor app slider, complete, s: {fmt(floor_times)}", flush=True)
     return rows
 
 
@@ -150,6 +275,7 @@ def main() -> None:
     parser.add_argument("--pages", nargs="*", default=list(PAGES), choices=list(PAGES))
     parser.add_argument("--port", type=int, default=8521)
     parser.add_argument("--log", type=Path, default=None, help="write the server's output here")
+    parser.add_argument("--no-floor", action="store_true", help="do not time the bare Streamlit app beside")
     args = parser.parse_args()
     import torch
     from playwright.sync_api import sync_playwright
@@ -160,14 +286,18 @@ def main() -> None:
     print(f"torch {torch.__version__} on {'cuda' if torch.cuda.is_available() else 'cpu'}, {os.cpu_count()} cores, "
           f"the app computes with {cpu_threads()} CPU thread(s) ($T2T_LENS_THREADS to change), "
           f"load average before {os.getloadavg()[0]:.1f}")
-    with streamlit_server(args.port, log=args.log), sync_playwright() as p:
+    with streamlit_server(args.port, log=args.log), sync_playwright() as p, \
+            (floor_server(args.port + 1) if not args.no_floor else _nothing()) as floor_url:
         browser = launch(p)
         start = time.perf_counter()
         page = open_page(browser, f"http://127.0.0.1:{args.port}")
         print(f"cold start (load both models, first trace, page 1, in the browser): "
               f"{time.perf_counter() - start:.2f} s", flush=True)
+        floor = open_page(browser, floor_url) if floor_url else None
+        page.bring_to_front()
         models = load_pair()
-        rows = bench(page, args.pages, args.repeats, lambda name, examples: compute_seconds(name, examples, models))
+        rows = bench(page, args.pages, args.repeats, lambda name, examples: compute_seconds(name, examples, models),
+                     floor)
         browser.close()
     print(f"load average after {os.getloadavg()[0]:.1f}")
     print("\nSeconds, medians (max: the slowest complete run); drawn: the run is over and painted, complete: "
@@ -177,7 +307,7 @@ def main() -> None:
     print("\n| page | new image drawn | new image complete | max | / target | widget first move | move back | max "
           "| / target | widget |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    for _, pb, new_image, widget, _ in rows:
+    for _, pb, new_image, widget, _, _ in rows:
         ni, first, back = summary(new_image), summary(widget[0::2]), summary(widget[1::2])
         worst = max(first[1], back[1])
         print(f"| {pb.url_path} | {ni[0]:.2f} | {ni[1]:.2f} | {ni[2]:.2f} | {ni[1] / pb.new_image_target:.2f} "
@@ -191,11 +321,40 @@ def main() -> None:
     print("\n| page | new image | compute | page / compute | overhead | widget first move | compute | "
           "page / compute | overhead | widget |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    for name, pb, new_image, widget, direct in rows:
+    for name, pb, new_image, widget, direct, _ in rows:
         ni, first = summary(new_image)[1], summary(widget[0::2])[1]
         ci, cw = statistics.median(direct[0]), statistics.median(direct[1])
         print(f"| {name} | {ni:.2f} | {ci:.2f} | {ratio(ni, ci)} | {ni - ci:.2f} | {first:.2f} | {cw:.2f} | "
               f"{ratio(first, cw)} | {first - cw:.2f} | {pb.widget} |")
+
+
+    if any(floor_times for *_, floor_times in rows):
+        floor_table(rows)
+
+
+def floor_table(rows) -> None:
+    """Each widget move over the floor app's slider move, timed just before it; each new image over its
+    compute + that floor."""
+    print("\nAgainst the framework's floor (issue 29): a bare Streamlit app with a sidebar, one slider and two "
+          "plotly heat maps, its slider moved twice in the same browser before each pair of widget moves (complete "
+          "medians, seconds). Targets: move / floor <= 1.25 for a move that computes nothing; new image / "
+          "(compute + floor) <= 1.")
+    print("\n| page | widget | floor | first move | move back | move / floor (first, back) | new image | compute "
+          "| new image / (compute + floor) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, pb, new_image, widget, direct, floor_times in rows:
+        if not floor_times:
+            continue
+        fl = statistics.median(t[1] for t in floor_times)
+        first, back = summary(widget[0::2])[1], summary(widget[1::2])[1]
+        ni, ci = summary(new_image)[1], statistics.median(direct[0])
+        print(f"| {name} | {pb.widget} | {fl:.2f} | {first:.2f} | {back:.2f} | {first / fl:.2f}, {back / fl:.2f} | "
+              f"{ni:.2f} | {ci:.2f} | {ni / (ci + fl):.2f} |")
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield None
 
 
 def fmt1(seconds: list[float]) -> str:

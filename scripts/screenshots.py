@@ -52,20 +52,37 @@ SCROLL_TO_FIRST_FIGURE = """
 
 def app_pages(main: Path = ROOT / "app" / "main.py") -> list[dict[str, object]]:
     """The app's navigation, read from the source of `main`: one dict per `st.Page(...)` call, in order,
-    with its `title`, `url_path` and `default` (the page Streamlit serves at `/`).
+    with its `title`, `url_path` and `default` (the page Streamlit serves at `/`); hidden pages (another
+    address of a page) are left out.
 
     Read with `ast`, not by importing: importing app/main.py would start a Streamlit run."""
+    tree = ast.parse(main.read_text())
+    # module-level NAME = "text" (or A, B = "x", "y") assignments, for arguments given by name
+    names: dict[str, object] = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target, value = node.targets[0], node.value
+            pairs = (zip(target.elts, value.elts) if isinstance(target, ast.Tuple) and isinstance(value, ast.Tuple)
+                     else [(target, value)])
+            names.update({t.id: v.value for t, v in pairs if isinstance(t, ast.Name) and isinstance(v, ast.Constant)})
+
+    def constant(node: ast.expr | None) -> object:
+        if isinstance(node, ast.Constant):
+            return node.value
+        return names.get(node.id) if isinstance(node, ast.Name) else None
+
     pages = []
-    for node in ast.walk(ast.parse(main.read_text())):
+    for node in ast.walk(tree):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "Page":
             kw = {k.arg: k.value for k in node.keywords if k.arg}
-            script = node.args[0].value if node.args and isinstance(node.args[0], ast.Constant) else None
-            if "url_path" in kw and isinstance(kw["url_path"], ast.Constant):
-                url_path = kw["url_path"].value
-            else:  # Streamlit's own rule: the script's file name without the numeric prefix and extension
+            if constant(kw.get("visibility")) == "hidden":
+                continue  # another address of a page in the navigation, not a page of its own
+            script = constant(node.args[0]) if node.args else None
+            url_path = constant(kw.get("url_path"))
+            if url_path is None:  # Streamlit's own rule: the script's file name without the numeric prefix
                 url_path = Path(str(script)).stem.split("_", 1)[-1]
-            title = kw["title"].value if "title" in kw and isinstance(kw["title"], ast.Constant) else url_path
-            default = "default" in kw and isinstance(kw["default"], ast.Constant) and kw["default"].value is True
+            title = constant(kw.get("title")) or url_path
+            default = constant(kw.get("default")) is True
             pages.append({"title": title, "url_path": url_path, "default": default})
     marked = [p for p in pages if p["default"]] or pages[:1]
     for p in pages:  # st.navigation's default: the page marked default=True, else the first

@@ -147,10 +147,11 @@ def png_size(path: Path) -> tuple[int, int]:
 def test_app_pages_are_read_from_main(screenshots: ModuleType) -> None:
     pages = screenshots.app_pages()
     source = (ROOT / "app" / "main.py").read_text()
-    assert len(pages) == source.count("st.Page(") >= 1, "every st.Page(...) of app/main.py is a page"
+    hidden = source.count('visibility="hidden"')
+    assert len(pages) == source.count("st.Page(") - hidden >= 1, "every visible st.Page(...) of app/main.py is a page"
     assert len({p["url_path"] for p in pages}) == len(pages)
     assert sum(p["default"] for p in pages) == 1
-    assert any(p["url_path"] == "tokens" and p["default"] for p in pages)  # served at /
+    assert any(p["url_path"] == "tokens_to_token" and p["default"] for p in pages)  # served at / (and at /tokens)
 
 
 def test_app_pages_reads_any_navigation(screenshots: ModuleType, tmp_path: Path) -> None:

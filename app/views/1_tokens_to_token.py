@@ -1,4 +1,8 @@
-"""Page 1: the Tokens-to-Token module step by step, with the real tensors of the trace."""
+"""Page 1: the Tokens-to-Token module step by step, with the real tensors of the trace.
+
+What depends on the chosen token and step (the sliders, the step radio, every clickable figure) is one
+`st.fragment`: moving a slider or clicking a token reruns that part only, not the sidebar, the counts table
+or the rest of the app (issue 29); a new image or model (the sidebar) reruns the whole page."""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 import t2t
-from app import charts, compute, figures, models, widgets
+from app import charts, compute, figures, links, models, widgets
 from t2t.images import denormalize
 
 ctx = compute.context()
@@ -71,17 +75,10 @@ m[1].metric(f"Soft split 1 (÷{n0 // n1})", f"{n1} tokens")
 m[2].metric(f"Soft split 2 = backbone (÷{n1 // n2})", f"{n2} tokens")
 m[3].metric("ViT hard split", f"{vgrid[0] * vgrid[1]} tokens", help="non-overlapping 16×16 patches")
 
-# ---- the chosen token: sliders on the finest grid, set also by clicking any figure --------------------
-for key, limit in (("tok_row", g0[0]), ("tok_col", g0[1])):
-    st.session_state[key] = min(int(st.session_state.get(key, limit // 2)), limit - 1)
-st.subheader("Choose a token")
-s1, s2 = st.columns(2)
-r0 = s1.slider(f"token row on the {g0[0]}×{g0[1]} grid of soft split 0", 0, g0[0] - 1, key="tok_row")
-c0 = s2.slider(f"token column on the {g0[0]}×{g0[1]} grid of soft split 0", 0, g0[1] - 1, key="tok_col")
-r1, c1 = figures.scaled_index(r0, g0[0], g1[0]), figures.scaled_index(c0, g0[1], g1[1])
-r2, c2 = figures.scaled_index(r0, g0[0], g2[0]), figures.scaled_index(c0, g0[1], g2[1])
-st.caption(f"Chosen: token ({r0}, {c0}) of soft split 0 → token ({r1}, {c1}) of soft split 1 → "
-           f"token ({r2}, {c2}) of soft split 2 (the backbone). Click a token on a picture to move it.")
+
+def on(grid: tuple[int, int], rc0: tuple[int, int]) -> tuple[int, int]:
+    """The token of a `grid` under the chosen token `rc0` of soft split 0's grid."""
+    return figures.scaled_index(rc0[0], g0[0], grid[0]), figures.scaled_index(rc0[1], g0[1], grid[1])
 
 
 def clickable(fig, key: str, grid: tuple[int, int]) -> None:
@@ -181,11 +178,12 @@ def map_window_figure(name: str, grid_in: tuple[int, int], grid_out: tuple[int, 
     return figures.add_token_picker(fig, grid_out, size)
 
 
-def channel_mosaic(name: str, grid: tuple[int, int], count: int, title: str, key: str, trace: t2t.Trace = tr,
-                   owner: models.LoadedModel = lm) -> None:
+def channel_mosaic(name: str, grid: tuple[int, int], count: int, title: str, key: str, rc0: tuple[int, int],
+                   trace: t2t.Trace = tr, owner: models.LoadedModel = lm) -> None:
     """The first `count` channels of a step's tokens on their grid; click a tile to enlarge that channel.
 
-    The enlarged channel shows the chosen token and is itself a token picker on `grid`.
+    The enlarged channel shows the chosen token (`rc0` on soft split 0's grid) and is itself a token picker
+    on `grid`.
     """
     tokens = figures.to_numpy(trace[name][0])[:, :count]  # (N, count)
     maps = tokens.T.reshape(-1, *grid)
@@ -201,7 +199,7 @@ def channel_mosaic(name: str, grid: tuple[int, int], count: int, title: str, key
     if channel is None or channel >= len(maps):
         st.caption("Click a tile to enlarge its channel.")
         return
-    rc = (figures.scaled_index(r0, g0[0], grid[0]), figures.scaled_index(c0, g0[1], grid[1]))
+    rc = on(grid, rc0)
     one = figures.image_figure(None, size, height=320, title=f"Channel {channel} of {name}, {grid[0]}×{grid[1]}")
     figures.add_grid_heatmap(one, maps[channel], size, colorscale="Greys", opacity=1.0, showscale=False,
                        hover=f"channel {channel}: %{{z:.3g}}")
@@ -214,7 +212,7 @@ def channel_mosaic(name: str, grid: tuple[int, int], count: int, title: str, key
 # ---- the steps ---------------------------------------------------------------------------------------------
 
 
-def step_split0() -> None:
+def step_split0(rc0: tuple[int, int]) -> None:
     st.markdown(
         f"**Soft split 0.** The image is unfolded into {n0} overlapping 7×7 windows, one every 4 pixels "
         f"(padding 2): neighbouring windows share **{overlap_px('t2t.split0', g0)} pixels**, so an edge that "
@@ -222,12 +220,12 @@ def step_split0() -> None:
         "values of its window, nothing more.")
     a, b = st.columns(2)
     with a:
-        clickable(window_figure("t2t.split0", g0, (r0, c0), "Red: window of the chosen token; blue: its 8 neighbours"),
+        clickable(window_figure("t2t.split0", g0, rc0, "Red: window of the chosen token; blue: its 8 neighbours"),
                   "pick_split0", g0)
     with b:
-        clickable(zoom_figure("t2t.split0", g0, (r0, c0), "Zoomed in: green = pixels shared by windows"),
+        clickable(zoom_figure("t2t.split0", g0, rc0, "Zoomed in: green = pixels shared by windows"),
                   "zoom_split0", g0)
-    index = r0 * g0[1] + c0
+    index = rc0[0] * g0[1] + rc0[1]
     token = tr["t2t.split0"][0, index].reshape(3, 7, 7)  # channel-major (c, ki, kj), as nn.Unfold
     patch = (denormalize(token, lm.cfg["mean"], lm.cfg["std"]).permute(1, 2, 0).numpy() * 255).astype(np.uint8)
     p1, p2 = st.columns([1, 4])
@@ -238,7 +236,7 @@ def step_split0() -> None:
         "hangs over the zero padding, which shows as the dataset's mean colour.)")
 
 
-def step_attention1() -> None:
+def step_attention1(rc0: tuple[int, int]) -> None:
     kind = tr.lazy["t2t.attn1_map"].kind
     how = ("This is a **Performer**: it never forms the full "
            f"{n0}×{n0} attention matrix. The row shown is its implicit attention "
@@ -249,23 +247,23 @@ def step_attention1() -> None:
         f"gather information from others. Left: where the chosen query token looks. {how} Right: the output, "
         f"{n0} tokens of 64 numbers, **reshaped back into a 2-D map**: each tile is one of the 64 channels on "
         f"the {g0[0]}×{g0[1]} grid.")
-    attention_columns(1, g0, (r0, c0))
+    attention_columns(1, g0, rc0)
 
 
-def attention_columns(level: int, grid: tuple[int, int], rc: tuple[int, int]) -> None:
+def attention_columns(level: int, grid: tuple[int, int], rc0: tuple[int, int]) -> None:
     """T2T attention `level`: the chosen token's attention (left), the output as a 2-D map (right)."""
     a, b = st.columns(2)
     with a:
-        attention_figure(f"t2t.attn{level}_map", grid, rc, "Attention of the chosen token (green box)",
+        attention_figure(f"t2t.attn{level}_map", grid, on(grid, rc0), "Attention of the chosen token (green box)",
                          f"pick_attn{level}")
     with b:
         channel_mosaic(f"t2t.attn{level}", grid, 64, f"t2t.attn{level} as a 2-D map: 64 channels, "
-                       f"{grid[0]}×{grid[1]}", key=f"mosaic_attn{level}")
+                       f"{grid[0]}×{grid[1]}", key=f"mosaic_attn{level}", rc0=rc0)
 
 
-def step_split(level: int) -> None:
-    name_in, grid_in, grid_out, rc = (
-        ("t2t.attn1", g0, g1, (r1, c1)) if level == 1 else ("t2t.attn2", g1, g2, (r2, c2)))
+def step_split(level: int, rc0: tuple[int, int]) -> None:
+    name_in, grid_in, grid_out = ("t2t.attn1", g0, g1) if level == 1 else ("t2t.attn2", g1, g2)
+    rc = on(grid_out, rc0)
     stage = f"t2t.split{level}"
     n_in, n_out = grid_in[0] * grid_in[1], grid_out[0] * grid_out[1]
     box = t2t.receptive_field(model, stage, rc, size)
@@ -284,16 +282,16 @@ def step_split(level: int) -> None:
         clickable(window_figure(stage, grid_out, rc, "The same windows in pixels"), f"pick_split{level}", grid_out)
 
 
-def step_attention2() -> None:
+def step_attention2(rc0: tuple[int, int]) -> None:
     st.markdown(
         f"**T2T attention 2.** The same kind of layer on the {n1} tokens of soft split 1: a query now looks "
         f"over a {g1[0]}×{g1[1]} grid. Right: its output reshaped to a 2-D map (64 channels).")
-    attention_columns(2, g1, (r1, c1))
+    attention_columns(2, g1, rc0)
 
 
-def step_projection() -> None:
+def step_projection(rc0: tuple[int, int]) -> None:
     p = vm.model.patch_embed.patch_size
-    vr, vc = figures.scaled_index(r0, g0[0], vgrid[0]), figures.scaled_index(c0, g0[1], vgrid[1])
+    (vr, vc), (r2, c2) = on(vgrid, rc0), on(g2, rc0)
     box = t2t.receptive_field(model, "t2t.project", (r2, c2), size)
     t_mid = ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2)
     v_box = figures.cell_box(vr, vc, vgrid, size)
@@ -319,10 +317,10 @@ def step_projection() -> None:
     a, b = st.columns(2)
     with a:
         channel_mosaic("t2t.project", g2, 64, "T2T-ViT tokens entering the backbone: 64 channels",
-                       key="mosaic_proj")
+                       key="mosaic_proj", rc0=rc0)
     with b:
         channel_mosaic("patch_embed", vgrid, 64, "ViT tokens entering the backbone: 64 channels", key="mosaic_vit",
-                       trace=vtr, owner=vm)
+                       rc0=rc0, trace=vtr, owner=vm)
     smooth = {owner.role: compute.neighbour_correlation(ctx, owner, name, grid)
               for owner, name, grid in ((lm, "t2t.project", g2), (vm, "patch_embed", vgrid))}
     t, v = smooth[lm.role], smooth[vm.role]
@@ -336,15 +334,42 @@ def step_projection() -> None:
 STEPS = {
     "1 · Soft split 0": step_split0,
     "2 · T2T attention 1": step_attention1,
-    "3 · Soft split 1": lambda: step_split(1),
+    "3 · Soft split 1": lambda rc0: step_split(1, rc0),
     "4 · T2T attention 2": step_attention2,
-    "5 · Soft split 2": lambda: step_split(2),
+    "5 · Soft split 2": lambda rc0: step_split(2, rc0),
     "6 · Projection vs ViT": step_projection,
 }
-st.subheader("The steps")
-choice = st.radio("Step", [*STEPS, "All steps"], horizontal=True, key="t2t_step", label_visibility="collapsed")
-for title, draw in STEPS.items():
-    if choice in (title, "All steps"):
-        if choice == "All steps":
-            st.markdown(f"#### {title}")
-        draw()
+
+
+def write_view_to_url() -> None:
+    """The view in the address bar after a move in the fragment: a fragment rerun skips main.py, which writes
+    it after full runs. Not in a session's first run with a link (main.py's notices quote the link's own
+    values first) nor on a guided tour's address (?tour=..., kept for the tour's step by main.py)."""
+    if not links.link_pending() and "tour" not in st.query_params:
+        links.write_to_url("tokens")
+
+
+@st.fragment
+def chosen_token_and_steps() -> None:
+    """The sliders of the chosen token (set also by clicking any figure), the step, and the step's figures:
+    a move here reruns this function only."""
+    for key, limit in (("tok_row", g0[0]), ("tok_col", g0[1])):
+        st.session_state[key] = min(int(st.session_state.get(key, limit // 2)), limit - 1)
+    st.subheader("Choose a token")
+    s1, s2 = st.columns(2)
+    r0 = s1.slider(f"token row on the {g0[0]}×{g0[1]} grid of soft split 0", 0, g0[0] - 1, key="tok_row")
+    c0 = s2.slider(f"token column on the {g0[0]}×{g0[1]} grid of soft split 0", 0, g0[1] - 1, key="tok_col")
+    (r1, c1), (r2, c2) = on(g1, (r0, c0)), on(g2, (r0, c0))
+    st.caption(f"Chosen: token ({r0}, {c0}) of soft split 0 → token ({r1}, {c1}) of soft split 1 → "
+               f"token ({r2}, {c2}) of soft split 2 (the backbone). Click a token on a picture to move it.")
+    st.subheader("The steps")
+    choice = st.radio("Step", [*STEPS, "All steps"], horizontal=True, key="t2t_step", label_visibility="collapsed")
+    for title, draw in STEPS.items():
+        if choice in (title, "All steps"):
+            if choice == "All steps":
+                st.markdown(f"#### {title}")
+            draw((r0, c0))
+    write_view_to_url()
+
+
+chosen_token_and_steps()

@@ -39,7 +39,7 @@ def explain(
     "integrated_gradients" `method=`, `n_steps=`, and `return_completeness=True`, which makes the
     result `(map, attributions.Completeness)`. "attnlrp" (AttnLRP) and "cp_lrp" (CP-LRP) map the signed
     relevance of the backbone's patch tokens (`analysis.lrp`); `gamma=` sets the linear layers' Gamma
-    rule (default "auto": the measured best for the model's family), and `return_relevance=True` makes
+    rule (default `lrp.DEFAULT_GAMMA`, the measured best), and `return_relevance=True` makes
     the result `(map, lrp.Relevance)`, whose `conservation` is the pixels' share of the logit and
     `pixel_map` the map at pixel resolution.
     """

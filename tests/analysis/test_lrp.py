@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from analysis.explain import EXPLAINERS, explain
-from analysis.lrp import DEFAULT_GAMMA, Relevance, attnlrp_map, default_gamma, lrp
+from analysis.lrp import DEFAULT_GAMMA, Relevance, attnlrp_map, lrp
 
 t2t = pytest.importorskip("t2t")
 
@@ -212,11 +212,11 @@ def test_vit_equals_lxt_reference(lxt, variant, gamma):
         torch.testing.assert_close(rel.logit, model(x)[torch.arange(3), target])
 
 
-@pytest.mark.parametrize("variant", ["attnlrp", "cp"])
-def test_embedded_deit_equals_lxt_reference_float32(lxt, deit_embedded, variant):
+@pytest.mark.parametrize("variant,gamma", [("attnlrp", None), ("cp", 0.25)])  # cp + gamma: LXT's own ViT recipe
+def test_embedded_deit_equals_lxt_reference_float32(lxt, deit_embedded, variant, gamma):
     x = synthetic(deit_embedded, 1)
-    rel = lrp(deit_embedded, x, variant=variant)
-    expected = lxt_vit_pixels(lxt, deit_embedded, x, rel.target, variant)
+    rel = lrp(deit_embedded, x, variant=variant, gamma=gamma)
+    expected = lxt_vit_pixels(lxt, deit_embedded, x, rel.target, variant, gamma)
     assert_close_scaled(rel.pixels, expected, 1e-5)
     assert rel.pixels.dtype == torch.float32
 
@@ -613,20 +613,18 @@ def test_explain_gives_the_token_map(method, variant):
     assert torch.equal(attnlrp_map(model, x, return_relevance=True)[1].target, pred)
 
 
-def test_default_gamma_is_the_measured_one_per_family():
-    # "auto": what scored best on deletion / insertion (benchmarks/bench_lrp.py --faithfulness)
-    assert DEFAULT_GAMMA == {"t2t": 0.25, "vit": None}
-    for name, expected in [("t2t_vit_7", 0.25), ("t2t_vit_t_14", 0.25), ("deit_tiny_patch16_224", None)]:
+def test_default_gamma_is_the_measured_one():
+    # what scored best on deletion / insertion (benchmarks/bench_lrp.py --faithfulness)
+    assert DEFAULT_GAMMA == 0.25
+    for name in ("t2t_vit_7", "t2t_vit_t_14", "deit_tiny_patch16_224"):
         model = small(name, dtype=torch.float32, embed_dim=32, num_heads=2, depth=1)
         x = images_for(model, 1)
-        assert default_gamma(model) == expected
         rel = lrp(model, x, 2)
-        assert rel.gamma == expected
-        torch.testing.assert_close(rel.pixels, lrp(model, x, 2, gamma=expected).pixels, rtol=0, atol=0)
+        assert rel.gamma == 0.25
+        torch.testing.assert_close(rel.pixels, lrp(model, x, 2, gamma=0.25).pixels, rtol=0, atol=0)
         torch.testing.assert_close(explain("attnlrp", model, x, target=2), rel.tokens, rtol=0, atol=0)
-    with pytest.raises(ValueError, match="'auto' gives 0.25"):
-        lrp(model := small("t2t_vit_7", dtype=torch.float32, embed_dim=32, num_heads=2, depth=1), images_for(model, 1),
-            constants=True)
+    with pytest.raises(ValueError, match="constants=True needs gamma=None"):
+        lrp(model, x, constants=True)
 
 
 def test_token_labeling_aux_head():
@@ -653,7 +651,7 @@ def test_bad_input_gives_clear_errors():
     with pytest.raises(ValueError, match="gamma"):
         lrp(model, x, gamma=-1.0)
     with pytest.raises(ValueError, match="gamma"):
-        lrp(model, x, gamma="best")
+        lrp(model, x, gamma="auto")
     with pytest.raises(ValueError, match="constants=True needs gamma=None"):
         lrp(model, x, gamma=0.25, constants=True)
     with pytest.raises(ValueError, match="target"):

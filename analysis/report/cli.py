@@ -9,7 +9,7 @@ import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -144,7 +144,7 @@ def _run(args: argparse.Namespace, dist_: Dist) -> dict[str, Any] | None:
         torch.set_num_threads(threads)
     report: dict[str, Any] = {
         "command": args.command or " ".join(["python -m analysis.report", *sys.argv[1:]]),
-        "created": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        "created": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
         "device": str(device),
         "torch": torch.__version__,
         "settings": {"analyses": list(opts.analyses), "methods": list(opts.methods), "maps": opts.maps(),

@@ -298,15 +298,18 @@ def test_eval_transform_is_the_references(name):
     torch.testing.assert_close(got, reference_input(img, name, size), rtol=0, atol=1e-5)
 
 
-# --- the README's table of releases ---------------------------------------------------------------
+# --- the README's and docs' tables of releases ---------------------------------------------------------------
 
 
-def test_readme_lists_every_release_as_the_registry_does(capsys):
+def test_readme_and_docs_list_every_release_as_the_registry_does(capsys):
+    # the README shows `python -m t2t list --markdown`; docs/models.md the table of released files
     readme = (ROOT / "README.md").read_text()
-    for row in release_rows():
-        assert row in readme, row
     cli(["list", "--markdown"])
     for row in capsys.readouterr().out.splitlines():
         assert row in readme, row
-    assert "python -m t2t validate --model NAME --weights released --data DIR" in readme
-    assert "None of these files was downloaded here" in readme
+    models_page = (ROOT / "docs" / "models.md").read_text()
+    for row in release_rows():
+        assert row in models_page, row
+    for text in (readme, models_page):
+        assert "python -m t2t validate --model NAME --weights released --data DIR" in text
+    assert "None of these files was downloaded here" in models_page

@@ -11,10 +11,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-ANALYSES = ("rollout", "redundancy", "attention", "explain", "faithfulness")
+ANALYSES = ("rollout", "redundancy", "attention", "explain", "faithfulness", "scorecard")
 DEFAULT_ANALYSES = ("rollout", "redundancy", "attention", "explain")
 GRAD_METHODS = ("grad_rollout", "chefer")  # computed from the report's own forward + backward
 DEFAULT_METHODS = GRAD_METHODS
+LRP_METHODS = ("attnlrp", "cp_lrp")  # `analysis.lrp`: each map comes with its conservation (pixels' share of the logit)
 REDUNDANCY_METRICS = ("invalid_fraction", "mean_abs_corr", "effective_rank", "high_freq_fraction")
 ATTENTION_METRICS = ("attn_distance", "attn_entropy")
 METRIC_LABELS = {
@@ -46,6 +47,8 @@ class Options:
     faithfulness_steps: int = 10
     faithfulness_baseline: str = "blur"
     knockouts: bool = False  # each model's head-importance grid per image (analysis.knockout)
+    road_percentages: tuple[float, ...] = (20, 50, 80)  # the scorecard's ROAD (analysis.scorecard.Settings)
+    sanity_steps: int | None = 1  # the scorecard's cascade, grouped (None: one step per layer)
 
     def maps(self) -> list[str]:
         """Names of the token-grid maps computed, in display order."""
@@ -56,6 +59,21 @@ class Options:
         """The discard keyword for the rollouts: nothing when the library default is wanted."""
         return {} if self.discard_rule is None else {"discard": self.discard_rule}
 
+    def method_kwargs(self) -> dict[str, dict[str, Any]]:
+        """Per map name, the `analysis.explain.explain` keywords that make the map the report computed (the
+        scorecard runs the method again for Random Logit and the sanity check)."""
+        return {"rollout": {"head_fusion": self.head_fusion, "discard_ratio": self.discard_ratio, **self.discard()},
+                "grad_rollout": {"discard_ratio": self.grad_discard_ratio, **self.discard()},
+                "integrated_gradients": {"n_steps": self.ig_steps}}
+
+    def scorecard_settings(self) -> Any:
+        """`analysis.scorecard.Settings` of the scorecard (deletion as --faithfulness-steps, the maps' keywords)."""
+        from analysis.scorecard import Settings
+
+        return Settings(deletion_steps=self.faithfulness_steps, deletion_baseline=self.faithfulness_baseline,
+                        road_percentages=tuple(self.road_percentages), sanity_steps=self.sanity_steps,
+                        method_kwargs=self.method_kwargs())
+
 
 def analyse_batch(model: nn.Module, x: Tensor, opts: Options) -> dict[str, Tensor]:
     """Every number of one batch of (B, 3, S, S) inputs, as CPU tensors with the batch first.
@@ -63,11 +81,15 @@ def analyse_batch(model: nn.Module, x: Tensor, opts: Options) -> dict[str, Tenso
     Keys: "probs" (B, C); "map.NAME" (B, h, w) for rollout and each method; "block.METRIC" (B, L);
     "head.attn_distance", "head.attn_entropy" (B, L, H); "faith.NAME.deletion_auc" /
     ".insertion_auc" (B,); for integrated_gradients "ig.delta", "ig.output_change", "ig.relative_gap" (B,) (its
-    completeness check, `analysis.attributions.Completeness`); with `opts.knockouts` "knock.logit_drop" and
+    completeness check, `analysis.attributions.Completeness`); for attnlrp and cp_lrp "lrp.NAME.conservation"
+    (the pixels' share of the explained logit, `analysis.lrp.Relevance.conservation`) and "lrp.NAME.logit"
+    (the explained logit, the predicted class's) (B,); with `opts.knockouts` "knock.logit_drop" and
     "knock.prob_drop" (B, L, H), the predicted class's drops when each head alone is zero-ablated
     (`analysis.knockout.head_importance_scores`), and "knock.seconds" (B,) the time that took, shared
-    equally by the batch's images. One trace serves all: with a gradient method it keeps the graph
-    and takes one backward pass of the predicted class's logit.
+    equally by the batch's images; with "scorecard" "score.NAME.METRIC" (B,) for every map and the random
+    baseline ("score.random.*") and every metric of `analysis.scorecard.METRICS` (deletion and insertion
+    taken from "faithfulness" when it ran too). One trace serves all: with a gradient method it keeps the
+    graph and takes one backward pass of the predicted class's logit.
     """
     import t2t
     from analysis import attention_stats, faithfulness, redundancy, relevance, rollout
@@ -131,6 +153,11 @@ def analyse_batch(model: nn.Module, x: Tensor, opts: Options) -> dict[str, Tenso
             out["ig.delta"] = completeness.delta.detach()
             out["ig.output_change"] = completeness.output_change.detach()
             out["ig.relative_gap"] = completeness.relative_gap.detach()
+        elif method in LRP_METHODS:
+            lrp_map, rel = explain(method, model, x, target=target, return_relevance=True)
+            out[f"map.{method}"] = lrp_map.detach()
+            out[f"lrp.{method}.conservation"] = rel.conservation.detach()
+            out[f"lrp.{method}.logit"] = rel.logit.detach()
         else:
             out[f"map.{method}"] = explain(method, model, x, target=target).detach()
 
@@ -151,7 +178,35 @@ def analyse_batch(model: nn.Module, x: Tensor, opts: Options) -> dict[str, Tenso
                                                baseline=opts.faithfulness_baseline, steps=opts.faithfulness_steps)
             out[f"faith.{name}.deletion_auc"] = curves.deletion_auc
             out[f"faith.{name}.insertion_auc"] = curves.insertion_auc
+
+    if "scorecard" in a:
+        out.update(scorecard_batch(model, x, target, out, opts))
     return {k: v.detach().float().cpu() for k, v in out.items()}
+
+
+def scorecard_batch(model: nn.Module, x: Tensor, target: Tensor, out: dict[str, Tensor],
+                    opts: Options) -> dict[str, Tensor]:
+    """"score.NAME.METRIC" (B,) of every map in `out` ("map.NAME") and of the random baseline, by every metric of
+    the scorecard (`analysis.scorecard.score_method`); deletion / insertion reused from "faith.*" when there."""
+    from analysis.scorecard import METRICS, RANDOM, random_map, score_method
+
+    settings = opts.scorecard_settings()
+    names = opts.maps()
+    grid = tuple(out[f"map.{names[0]}"].shape[-2:]) if names else None
+    scores: dict[str, Tensor] = {}
+    for name in [*names, *([RANDOM] if grid else [])]:
+        if name == RANDOM:  # the same fixed random map for every batch position: ignores image, model and class
+            maps = random_map((len(x), *grid), settings.seed).to(x.device)
+            method: Any = lambda m, images, t, fixed=maps: fixed  # noqa: E731
+        else:
+            maps, method = out[f"map.{name}"].float(), name
+        have = [k for k in ("deletion", "insertion") if f"faith.{name}.{k}_auc" in out]
+        metrics = [k for k in METRICS if k not in have]
+        result = score_method(model, x, target, method, maps, metrics, settings, settings.method_kwargs.get(name, {}))
+        for metric in METRICS:
+            value = out[f"faith.{name}.{metric}_auc"] if metric in have else result.scores[metric]
+            scores[f"score.{name}.{metric}"] = torch.as_tensor(value, dtype=torch.float64)
+    return scores
 
 
 def map_entropy(m: Tensor) -> Tensor:
@@ -191,6 +246,16 @@ def image_records(model: nn.Module, items: Sequence[Any], numbers: dict[str, Ten
             elif kind == "faith":
                 method, _, score = rest.partition(".")
                 rec["faithfulness"].setdefault(method, {})[score] = float(value[b])
+            elif kind == "score":
+                method, _, metric = rest.partition(".")
+                v = float(value[b])
+                rec.setdefault("scorecard", {}).setdefault(method, {})[metric] = v if math.isfinite(v) else None
+            elif kind == "lrp":
+                # the pixels' share of the explained logit: undefined (inf / NaN, and JSON has neither) at logit 0
+                method, _, field = rest.partition(".")
+                v = float(value[b])
+                key = "share" if field == "conservation" else field
+                rec.setdefault("conservation", {}).setdefault(method, {})[key] = v if math.isfinite(v) else None
         if "ig.delta" in numbers:
             delta, change = float(numbers["ig.delta"][b]), float(numbers["ig.output_change"][b])
             gap = float(numbers["ig.relative_gap"][b])  # |delta| / |f(x) - f(baseline)|

@@ -64,10 +64,12 @@ def _run(args: argparse.Namespace, dist_: Dist) -> dict[str, Any] | None:
     device = dist_.device(args.device)
     models = load_models(args, device)
     names = [m.default_cfg["name"] for m in models]
-    opts = Options(analyses=tuple(dict.fromkeys([*args.only, *(["faithfulness"] if args.faithfulness else [])])),
+    extra = (["faithfulness"] if args.faithfulness else []) + (["scorecard"] if args.scorecard else [])
+    opts = Options(analyses=tuple(dict.fromkeys([*args.only, *extra])),
                    methods=tuple(args.methods), head_fusion=args.head_fusion, discard_ratio=args.discard_ratio,
                    discard_rule=args.discard_rule, ig_steps=args.ig_steps, faithfulness_steps=args.faithfulness_steps,
-                   knockouts=args.knockouts)
+                   knockouts=args.knockouts, road_percentages=tuple(args.road_percentages),
+                   sanity_steps=args.sanity_steps or None)
     keys = [transform_key(m, args.crop_pct) for m in models]
     files, missing = dist_.broadcast(find_images(args.images) if dist_.is_main else None)
 
@@ -104,6 +106,7 @@ def _run(args: argparse.Namespace, dist_: Dist) -> dict[str, Any] | None:
         if args.pictures < 0 or len(first) < args.pictures:
             first.append(line["i"])
     why = {i: "first" for i in first} | {i: "least confident" for i in least.indices() if i not in first}
+    card = summary.scorecard()
     # pass 2: the CSV and the JSON records in file order; the chosen images' pictures and the summary
     # plots are drawn meanwhile by threads (this pass was a tenth of a 200-image run on 2 cores)
     depth = max(len(m.blocks) for m in models)
@@ -128,7 +131,8 @@ def _run(args: argparse.Namespace, dist_: Dist) -> dict[str, Any] | None:
                     if len(window) >= 2 * drawers:
                         window.popleft().result()  # a failed picture fails the run, as when drawn in this thread
                     window.append(pool.submit(draw_pictures, out, recs, keys))
-                    shown = ("model", "pred_class", "pred_prob", "figures", "completeness", "knockouts")
+                    shown = ("model", "pred_class", "pred_prob", "figures", "completeness", "conservation",
+                             "knockouts")
                     pictured[line["i"]] = {"index": line["i"], "image": recs[0]["image"], "why": why[line["i"]],
                                            "models": [{k: r[k] for k in shown if k in r} for r in recs]}
                 for rec in recs:
@@ -153,6 +157,7 @@ def _run(args: argparse.Namespace, dist_: Dist) -> dict[str, Any] | None:
                      "discard_rule": opts.discard_rule or library_discard_rule(), "ig_steps": opts.ig_steps,
                      "completeness_tolerance": tolerance, "faithfulness_steps": opts.faithfulness_steps,
                      "faithfulness_baseline": opts.faithfulness_baseline, "knockouts": opts.knockouts,
+                     "road_percentages": list(opts.road_percentages), "sanity_steps": opts.sanity_steps,
                      "batch_size": args.batch_size,
                      "crop_pct": args.crop_pct, "pictures": args.pictures, "least_confident": args.least_confident,
                      "pictures_rule": (f"the first {args.pictures}" if args.pictures >= 0 else "all")
@@ -164,6 +169,7 @@ def _run(args: argparse.Namespace, dist_: Dist) -> dict[str, Any] | None:
         "skipped": [{"path": s.path, "reason": s.reason} for s in skipped],
         "agreement": summary.agreement(),
         "summary": summary_result,
+        "scorecard": scorecard_json(card) if card is not None else None,
         "figures": figures,
         "pictured": [pictured[i] for i in why if i in pictured],
     }
@@ -181,6 +187,25 @@ def _run(args: argparse.Namespace, dist_: Dist) -> dict[str, Any] | None:
     for s in skipped:
         print(f"  skipped {s.path}: {s.reason}", file=sys.stderr)
     return report
+
+
+def finite(v: float) -> float | None:
+    """JSON has no NaN: an undefined number is null."""
+    return v if v == v and abs(v) != float("inf") else None
+
+
+def scorecard_json(card: Any) -> dict[str, Any]:
+    """The scorecard as results.json keeps it: per (model, method, metric) mean, interval, n and rank; per model
+    Kendall's tau between the metrics' rankings with its interval; the verdicts; the metrics' labels."""
+    from analysis.scorecard import METRICS
+
+    rows = [{k: finite(v) if isinstance(v, float) else v for k, v in r.items()} for r in card.table()]
+    kendall = {m: [{"metrics": [a, b], "tau": finite(t), "low": finite(lo), "high": finite(hi)}
+                   for (a, b), (t, lo, hi) in card.kendall(m).items()] for m in card.models}
+    return {"metrics": {k: {"label": METRICS[k][0], "lower_is_better": METRICS[k][1]} for k in card.metrics},
+            "methods": card.methods, "images": card.images, "level": card.level, "n_boot": card.n_boot,
+            "rankings": {m: {k: card.ranking(m, k) for k in card.metrics} for m in card.models},
+            "table": rows, "kendall": kendall, "verdicts": card.verdicts()}
 
 
 def folder_size(folder: Path) -> int:
@@ -212,6 +237,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    metavar="METHOD", help=f"explanations for 'explain', of {', '.join(sorted(EXPLAINERS))}")
     p.add_argument("--faithfulness", action="store_true", help="also score every map by deletion / insertion AUC")
     p.add_argument("--faithfulness-steps", type=int, default=10)
+    p.add_argument("--scorecard", action="store_true",
+                   help="also score every map, and a random map, by deletion, insertion, ROAD MoRF / LeRF, Quantus's "
+                   "Random Logit and the sanity check, with bootstrap intervals, each metric's ranking of the methods, "
+                   "Kendall's tau between rankings and verdicts (analysis.scorecard)")
+    p.add_argument("--road-percentages", nargs="+", type=float, default=[20, 50, 80], metavar="PCT",
+                   help="the scorecard's ROAD: percentages of pixels removed (each a sparse solve per image and order)")
+    p.add_argument("--sanity-steps", type=int, default=1,
+                   help="the scorecard's sanity check: the cascade grouped into this many steps (0: one per layer)")
     p.add_argument("--knockouts", action="store_true",
                    help="also each model's head-importance grid per image: the predicted class's logit and probability "
                    "drop when each backbone head alone is zero-ablated (batched; its time is reported)")

@@ -7,7 +7,8 @@ import html
 from pathlib import Path
 from typing import Any
 
-from analysis.report.analyse import ATTENTION_METRICS, METRIC_LABELS, REDUNDANCY_METRICS
+from analysis.report.analyse import ATTENTION_METRICS, LRP_METHODS, METRIC_LABELS, REDUNDANCY_METRICS
+from analysis.report.pictures import SIGNED_LEGEND, SIGNED_MAPS, signed_lut
 
 STYLE = ("body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}table{border-collapse:collapse;"
          "margin:.5em 0}td,th{border:1px solid #ccc;padding:4px 6px;vertical-align:top;font-size:13px}"
@@ -36,6 +37,31 @@ def gap_note(check: dict[str, Any] | None, tolerance: float) -> str:
                 f"above {tolerance:.0%}: the attributions do not add up to the output change; use more --ig-steps'>"
                 f"&#9888; {text} &gt; {tolerance:.0%}</span>")
     return f"<br><small>{text}</small>"
+
+
+def conservation_note(check: dict[str, Any] | None) -> str:
+    """An LRP map's conservation shown beside it: the pixels' share of the explained logit, and that logit."""
+    if check is None:
+        return ""
+    logit = "n/a" if check["logit"] is None else f"{check['logit']:.2f}"
+    title = ("title='sum of the pixels&#39; relevance / the explained logit (the predicted class&#39;s): 100% = the "
+             "relevance of the logit all reaches the pixels'")
+    if check["share"] is None:
+        return f"<br><small class=conservation {title}>conservation undefined: the logit is {logit}</small>"
+    return f"<br><small class=conservation {title}>conservation {check['share']:.1%} of the logit {logit}</small>"
+
+
+def signed_legend(names: list[str], others: bool) -> str:
+    """The legend of the signed maps drawn (`pictures.SIGNED_MAPS`), with swatches of the colours `overlays`
+    gives +max and -max (`pictures.SIGNED_LEGEND`); `others`: unsigned maps are drawn too."""
+    if not names:
+        return ""
+    lut = signed_lut()
+    swatch = lambda i: (f"<span style='display:inline-block;width:.9em;height:.9em;vertical-align:middle;"  # noqa: E731
+                        f"border:1px solid #999;background:rgb{tuple(int(c) for c in lut[i])}'></span> ")
+    words = ", ".join((swatch(i) if i is not None else "") + html.escape(text) for i, text in SIGNED_LEGEND)
+    rest = " The other maps: each map's min (dark) to max (bright)." if others else ""
+    return f"<p class=legend>{html.escape(', '.join(names))}: signed maps, {words}.{rest}</p>"
 
 
 def grid_table(grid: list[list[float]], caption: str = "") -> str:
@@ -71,6 +97,51 @@ def knockout_summary(summary: dict[str, Any], total_s: float) -> str:
         parts.append(f"<div style='display:inline-block;margin-right:2em;vertical-align:top'>"
                      f"{grid_table(k['mean_logit_drop'], caption)}</div>")
     return "".join(parts) + "</div>"
+
+
+def scorecard_section(card: dict[str, Any] | None) -> str:
+    """The scorecard: per model a table (methods x metrics: mean [interval] (rank)), Kendall's tau between the
+    metrics' rankings, and the verdicts read off the numbers."""
+    if not card:
+        return ""
+    esc = html.escape
+    metrics = card["metrics"]
+    cells = {(r["model"], r["method"], r["metric"]): r for r in card["table"]}
+    num = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+    parts = ["<h2 id=scorecard>Explanation scorecard</h2><p>Every map and a random map (the floor) scored per image; "
+             f"mean over images [{card['level']:.0%} percentile-bootstrap interval] (rank among the methods, "
+             "1 = best). "
+             "Deletion / insertion: AUC of the predicted class's probability, blurred baseline; ROAD: mean probability "
+             "with the most (MoRF) / least (LeRF) relevant pixels replaced by noisy linear imputation (Rong et al. "
+             "2022); random logit: Quantus's SSIM between the maps of the predicted and of a random other class "
+             "(Sixt et al. 2020); sanity check: |Spearman| between the absolute maps of the intact and of the fully "
+             "re-initialised model (Adebayo et al. 2018).</p>"]
+    for model in card["images"]:
+        head = "".join(f"<th>{esc(m['label'])}<br><small>{'lower' if m['lower_is_better'] else 'higher'} is better"
+                       f"</small></th>" for m in metrics.values())
+        rows = []
+        for method in card["methods"]:
+            if (model, method, next(iter(metrics))) not in cells:
+                continue
+            tds = []
+            for metric in metrics:
+                c = cells[model, method, metric]
+                rank = f" <small>({c['rank']})</small>" if c["rank"] is not None else ""
+                tds.append("<td>n/a</td>" if not c["n"] else
+                           f"<td>{num(c['mean'])} [{num(c['low'])}, {num(c['high'])}]{rank}</td>")
+            rows.append(f"<tr><td>{esc(method)}</td>{''.join(tds)}</tr>")
+        parts.append(f"<h3>{esc(model)} ({card['images'][model]} images)</h3><table class=scorecard><tr><th>method</th>"
+                     f"{head}</tr>{''.join(rows)}</table>")
+        taus = card["kendall"].get(model, [])
+        if taus:
+            parts.append("<table class=kendall><caption style='font-size:12px'>Kendall's tau between the rankings "
+                         "of two metrics [bootstrap interval]</caption><tr><th>metrics</th><th>tau</th></tr>" + "".join(
+                             f"<tr><td>{esc(metrics[t['metrics'][0]]['label'])} vs "
+                             f"{esc(metrics[t['metrics'][1]]['label'])}</td><td>{num(t['tau'])} "
+                             f"[{num(t['low'])}, {num(t['high'])}]</td></tr>" for t in taus) + "</table>")
+    parts.append("<h3>Verdicts</h3><ul class=verdicts>" + "".join(f"<li>{esc(v)}</li>" for v in card["verdicts"])
+                 + "</ul>")
+    return "".join(parts)
 
 
 def write_html(report: dict[str, Any], out: Path, embed: bool) -> Path:
@@ -122,11 +193,22 @@ def write_html(report: dict[str, Any], out: Path, embed: bool) -> Path:
                 parts.append(f"<p{flag}>{esc(m)}, Integrated Gradients completeness: mean relative gap "
                              f"{ig['mean_relative_gap']:.1%}, largest {ig['max_relative_gap']:.1%}; "
                              f"{ig['above_tolerance']} of {ig['images']} images above {ig['tolerance']:.0%}.</p>")
+        for m, s in summary.items():
+            for method, c in s.get("conservation", {}).items():
+                if not c["images"]:
+                    parts.append(f"<p class=conservation>{esc(m)}, {esc(method)} conservation undefined on every "
+                                 f"image (logit 0).</p>")
+                    continue
+                undefined = f"; undefined on {c['undefined']} (logit 0)" if c["undefined"] else ""
+                parts.append(f"<p class=conservation>{esc(m)}, {esc(method)} conservation (the pixels' share of the "
+                             f"explained logit): mean {c['mean_share']:.1%}, range {c['min_share']:.1%} to "
+                             f"{c['max_share']:.1%} over {c['images']} images{undefined}.</p>")
         if len(models) == 2 and report["counts"]["analysed"] and report.get("agreement") is not None:
             parts.append(f"<p>The two models predict the same class for {report['agreement']:.1%} of the images.</p>")
         for title, rel in report["figures"].items():
             parts.append(f"<figure>{img('figures/' + rel, title, None)}<figcaption>{esc(title)}</figcaption></figure>")
 
+    parts.append(scorecard_section(report.get("scorecard")))
     if summary:
         parts.append(knockout_summary(summary, report["timing"]["total_s"]))
     parts.append(f"<h2 id=skipped>Skipped files ({len(report['skipped'])})</h2>")
@@ -139,7 +221,9 @@ def write_html(report: dict[str, Any], out: Path, embed: bool) -> Path:
     pictured = report.get("pictured", [])
     parts.append(f"<h2>Images</h2><p>{len(pictured)} of {report['counts']['analysed']} images pictured "
                  f"({esc(report['settings'].get('pictures_rule', ''))}); every image's numbers are in results.csv "
-                 "and results.json.</p><table class=images><tr><th>image</th>" + "".join(
+                 "and results.json.</p>" + signed_legend([k for k in maps if k in SIGNED_MAPS],
+                                                            any(k not in SIGNED_MAPS for k in maps))
+                 + "<table class=images><tr><th>image</th>" + "".join(
                      f"<th>{esc(m)}<br><small>{' &middot; '.join(esc(k) for k in maps)}</small></th>" for m in models)
                  + "</tr>")
     for entry in pictured:
@@ -157,6 +241,7 @@ def write_html(report: dict[str, Any], out: Path, embed: bool) -> Path:
             figs = "".join(
                 f"<span class=map>{img(r['figures'][k], f'{m} {k}', width)}"
                 f"{gap_note(r.get('completeness', {}).get(k), tolerance) if k == 'integrated_gradients' else ''}"
+                f"{conservation_note(r.get('conservation', {}).get(k)) if k in LRP_METHODS else ''}"
                 f"</span>" for k in maps if k in r["figures"])
             grid = (grid_table(r["knockouts"]["logit_drop"], "logit drop per knocked-out head")
                     if "knockouts" in r else "")

@@ -15,43 +15,96 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from torch import Tensor
 
 from analysis.report.analyse import ATTENTION_METRICS, METRIC_LABELS, REDUNDANCY_METRICS
 
-_LUT: dict[str, np.ndarray] = {}
+#: Maps drawn signed, on a diverging colour map centred at 0: their sign is part of the explanation.
+#: - attnlrp, cp_lrp (`analysis.lrp`): relevance = input x modified gradient, positive for the class, negative
+#:   against it (and the two sum, with the constants, to the logit: min-max would paint the most negative token
+#:   as "cold" and a zero-relevance token as warm);
+#: - occlusion, token_ablation: the drop of the class logit when a window / token is removed, negative where
+#:   removing it raises the logit.
+#: Not integrated_gradients: the report computes it with `integrated_gradients_map`'s default reduction "abs"
+#: (|attribution| summed over colour channels, `analysis.attributions.reduce_channels`), a map >= 0, so it keeps
+#: the min-max colour map like rollout, gradient rollout, Chefer's relevance (all >= 0) and Grad-CAM (ReLU'd).
+SIGNED_MAPS = frozenset({"attnlrp", "cp_lrp", "occlusion", "token_ablation"})
+SIGNED_CMAP = "bwr"  # blue, white at 0, red: the app's LRP colours (zennit's and LXT's heat maps)
+#: What `overlays(..., signed=True)` draws, for the page's legend: (the `signed_lut` entry shown as a swatch, or
+#: None, the words). tests/analysis/test_report.py checks the words against the colours drawn.
+SIGNED_LEGEND: tuple[tuple[int | None, str], ...] = (
+    (255, "red: evidence for the predicted class"), (1, "blue: against it"),
+    (None, "untinted (the bare image): none; each map is scaled by its largest |value|, its colour the fainter the "
+           "closer to 0"))
+
+_LUT: dict[tuple[str, bool], np.ndarray] = {}
 
 
 def colour_lut(cmap: str = "inferno") -> np.ndarray:
-    """(256, 3) uint8 colours of a matplotlib colormap."""
-    if cmap not in _LUT:
+    """(256, 3) uint8 colours of a matplotlib colormap, entry i = cmap(i / 255)."""
+    if (cmap, False) not in _LUT:
         import matplotlib
 
-        _LUT[cmap] = (matplotlib.colormaps[cmap](np.linspace(0, 1, 256))[:, :3] * 255).round().astype(np.uint8)
-    return _LUT[cmap]
+        _LUT[cmap, False] = (matplotlib.colormaps[cmap](np.linspace(0, 1, 256))[:, :3] * 255).round().astype(np.uint8)
+    return _LUT[cmap, False]
 
 
-def overlays(crops: Sequence[np.ndarray], maps: Tensor, alpha: float = 0.6, cmap: str = "inferno") -> list[np.ndarray]:
+def signed_lut(cmap: str = SIGNED_CMAP) -> np.ndarray:
+    """(256, 3) uint8 colours of a diverging colormap for values s in [-1, 1] at index 128 + rint(127 s):
+    entry 128 is cmap(0.5), the middle colour, exactly (s = 0); entries 1 and 255 are cmap(0) and cmap(1)
+    (s = -1, +1), symmetric about 128; entry 0, never indexed, repeats entry 1."""
+    if (cmap, True) not in _LUT:
+        import matplotlib
+
+        s = np.clip((np.arange(256) - 128) / 127, -1, 1)
+        _LUT[cmap, True] = (matplotlib.colormaps[cmap](0.5 + 0.5 * s)[:, :3] * 255).round().astype(np.uint8)
+    return _LUT[cmap, True]
+
+
+def signed_scale(heat: Tensor, eps: float = 1e-12) -> Tensor:
+    """(B, ...) signed maps -> (B, ...) each divided by its largest |value|: in [-1, 1], 0 stays 0 (an all-zero
+    map stays all 0: the divisor is at least `eps`)."""
+    top = heat.flatten(1).abs().amax(dim=1).clamp_min(eps)
+    return heat / top.view(-1, *([1] * (heat.dim() - 1)))
+
+
+def overlays(crops: Sequence[np.ndarray], maps: Tensor, alpha: float = 0.6, cmap: str = "inferno",
+             signed: bool | Sequence[bool] = False, signed_cmap: str = SIGNED_CMAP) -> list[np.ndarray]:
     """Token-grid maps (B, h, w) blended over the (S, S, 3) images the model saw -> (S, S, 3) uint8 each.
 
-    Maps are upsampled bilinearly to pixels and min-max normalised per image; a pixel of value v
-    gets colour cmap(v) with weight alpha * (0.25 + 0.75 v), so weak values let the image show
-    through. The colouring and blending are PIL's 8-bit palette and `composite` (each pixel within
-    1 of the float formula), 3x cheaper than float arrays: the report draws every image and map.
+    Maps are upsampled bilinearly to pixels. An unsigned map (`signed` False, per map or for all) is min-max
+    normalised per image to v in [0, 1]; a pixel gets colour cmap(v) with weight alpha * (0.25 + 0.75 v), so
+    weak values let the image show through. A signed map is divided by its largest |value| to s in [-1, 1]
+    (`signed_scale`); a pixel gets colour `signed_cmap` at (1 + s) / 2 (0 -> the middle colour, `signed_lut`)
+    with weight alpha * sqrt(|s|): where the relevance is 0 the image shows unchanged; the square root (as the
+    app's LRP overlay) keeps the many small values of a heavy-tailed relevance map visible (on the embedded
+    models' AttnLRP / CP-LRP maps of two sample photos the 90th percentile of |value| was 3-27% of the largest).
+    The colouring and blending are PIL's 8-bit palette and `composite` (each pixel within 1 of the float
+    formula), 3x cheaper than float arrays: the report draws every image and map.
     """
     from PIL import Image
 
     from analysis.maps import normalize_map, upsample_map
 
     size = crops[0].shape[:2]
-    heat = normalize_map(upsample_map(maps.float(), size)).numpy()  # (B, S, S) in [0, 1]
-    index = np.rint(heat * 255).astype(np.uint8)
-    weight = np.rint((heat * (0.75 * alpha) + 0.25 * alpha) * 255).astype(np.uint8)
-    palette = colour_lut(cmap).tobytes()
+    flags = np.full(len(maps), signed) if isinstance(signed, bool) else np.asarray(signed, dtype=bool)
+    heat = upsample_map(maps.float(), size)  # (B, S, S)
+    index = np.empty(heat.shape, np.uint8)
+    weight = np.empty(heat.shape, np.uint8)
+    if (~flags).any():
+        v = normalize_map(heat[torch.from_numpy(~flags)]).numpy()  # [0, 1]
+        index[~flags] = np.rint(v * 255)
+        weight[~flags] = np.rint((v * (0.75 * alpha) + 0.25 * alpha) * 255)
+    if flags.any():
+        s = signed_scale(heat[torch.from_numpy(flags)]).numpy()  # [-1, 1]
+        index[flags] = 128 + np.rint(s * 127)
+        weight[flags] = np.rint(np.sqrt(np.abs(s)) * (alpha * 255))
+    palettes = {False: colour_lut(cmap).tobytes(), True: signed_lut(signed_cmap).tobytes()}
     pictures = []
-    for crop, idx, w in zip(crops, index, weight, strict=True):
+    for crop, idx, w, sign in zip(crops, index, weight, flags, strict=True):
         colour = Image.fromarray(idx, "L")
-        colour.putpalette(palette)  # an "L" image with a palette becomes a "P" image
+        colour.putpalette(palettes[bool(sign)])  # an "L" image with a palette becomes a "P" image
         colour = colour.convert("RGB")
         pictures.append(np.asarray(Image.composite(colour, Image.fromarray(crop), Image.fromarray(w, "L"))))
     return pictures
@@ -152,10 +205,9 @@ def name_pictures(index: int, records: list[dict[str, Any]], fmt: str) -> None:
 
 def draw_pictures(out: Path, records: list[dict[str, Any]], keys: Sequence[tuple]) -> None:
     """Decode the image again and save it (as the first model saw it) and each model's maps over it,
-    under the names `name_pictures` gave. `keys[m]` is model m's transform. Reads the records only
+    under the names `name_pictures` gave (the maps of `SIGNED_MAPS` signed, the others min-max). `keys[m]` is
+    model m's transform. Reads the records only
     (so it may run in a thread while they are written out)."""
-    import torch
-
     from t2t.images import open_image, preprocess_steps
 
     img = open_image(records[0]["path"])
@@ -169,5 +221,6 @@ def draw_pictures(out: Path, records: list[dict[str, Any]], keys: Sequence[tuple
         if not names:
             continue
         maps = torch.tensor([rec["maps"][m] for m in names])
-        for name, picture in zip(names, overlays([crops[key]] * len(names), maps), strict=True):
+        signed = [m in SIGNED_MAPS for m in names]
+        for name, picture in zip(names, overlays([crops[key]] * len(names), maps, signed=signed), strict=True):
             save_picture(picture, out / rec["figures"][name])

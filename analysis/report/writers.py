@@ -18,11 +18,13 @@ from typing import IO, Any
 
 import numpy as np
 
-from analysis.report.analyse import ATTENTION_METRICS, REDUNDANCY_METRICS, Options
+from analysis.report.analyse import ATTENTION_METRICS, LRP_METHODS, REDUNDANCY_METRICS, Options
 
 SCALAR_FIELDS = ("image", "path", "model", "pred_index", "pred_class", "pred_prob")
 ROLLOUT_FIELDS = ("rollout_peak_row", "rollout_peak_col", "rollout_entropy")
 COMPLETENESS_FIELDS = ("delta", "output_change", "relative_gap")
+# an LRP map's conservation: the pixels' share of the explained logit, and that logit (CSV: METHOD_conservation_KEY)
+CONSERVATION_FIELDS = ("share", "logit")
 # the head whose zero-ablation alone costs the predicted class's logit most, that drop, and the grid's time
 KNOCKOUT_FIELDS = ("knockout_top_block", "knockout_top_head", "knockout_max_logit_drop", "knockout_seconds")
 
@@ -60,17 +62,20 @@ class RunningMean:
 
 class Summary:
     """Per model, from the records of one image at a time: block metrics (mean and CI per block and of the
-    per-image block mean), mean rollout map, faithfulness AUCs, prediction counts, IG completeness,
-    and how often the first two models agree."""
+    per-image block mean), mean rollout map, faithfulness AUCs, prediction counts, IG completeness, the LRP
+    maps' conservation (mean, min, max share), and how often the first two models agree."""
 
     def __init__(self, models: list[str], tolerance: float = 0.05) -> None:
         self.models, self.tolerance = models, tolerance
         self.acc: dict[str, dict[str, Any]] = {m: {"images": 0, "blocks": {}, "image_means": {}, "faithfulness": {},
                                                    "rollout": RunningMean(), "predictions": Counter(),
-                                                   "knockouts": RunningMean(), "knockout_seconds": 0.0}
+                                                   "knockouts": RunningMean(), "knockout_seconds": 0.0,
+                                                   "scorecard": {}}
                                                for m in models}
         self.gap: dict[str, dict[str, Any]] = {m: {"n": 0, "above": 0, "max": 0.0, "sum": 0.0, "undefined": 0}
                                                for m in models}
+        # per model and LRP method: running sum, min and max of the conservation share, and the images without one
+        self.kept: dict[str, dict[str, dict[str, Any]]] = {m: {} for m in models}
         self.same = self.both = 0
 
     def add(self, records: list[dict[str, Any]]) -> None:
@@ -87,6 +92,11 @@ class Summary:
                 for k, v in scores.items():
                     a["faithfulness"].setdefault(method, {}).setdefault(k, RunningMean()).add(v)
             a["predictions"][r["pred_class"]] += 1
+            # the scorecard's per-image scores, kept whole (a float per image, method and metric): its bootstrap
+            # intervals and rankings need every image
+            for method, scores in r.get("scorecard", {}).items():
+                for metric, v in scores.items():
+                    a["scorecard"].setdefault(method, {}).setdefault(metric, []).append(np.nan if v is None else v)
             if "knockouts" in r:
                 a["knockouts"].add(r["knockouts"]["logit_drop"])
                 a["knockout_seconds"] += r["knockouts"]["seconds"]
@@ -100,9 +110,34 @@ class Summary:
                     g["sum"] += ig["relative_gap"]
                     g["max"] = max(g["max"], ig["relative_gap"])
                     g["above"] += ig["relative_gap"] > self.tolerance
+            for method, check in r.get("conservation", {}).items():
+                c = self.kept[name].setdefault(method, {"n": 0, "sum": 0.0, "min": math.inf, "max": -math.inf,
+                                                        "undefined": 0})
+                share = check["share"]
+                if share is None:  # the explained logit was 0
+                    c["undefined"] += 1
+                else:
+                    c["n"] += 1
+                    c["sum"] += share
+                    c["min"], c["max"] = min(c["min"], share), max(c["max"], share)
         if len(self.models) >= 2 and self.models[0] in by_model and self.models[1] in by_model:
             self.both += 1
             self.same += by_model[self.models[0]]["pred_index"] == by_model[self.models[1]]["pred_index"]
+
+    def scorecard(self, seed: int = 0) -> Any:
+        """`analysis.scorecard.Scorecard` of the per-image scores seen so far (None without any)."""
+        from analysis.scorecard import METRICS, RANDOM, Scorecard
+
+        models = [m for m in self.models if self.acc[m]["scorecard"]]
+        if not models:
+            return None
+        methods = list(dict.fromkeys(k for m in models for k in self.acc[m]["scorecard"]))
+        methods = [k for k in methods if k != RANDOM] + ([RANDOM] if RANDOM in methods else [])
+        scores = {(m, k, metric): np.asarray(v, dtype=np.float64) for m in models
+                  for k, per in self.acc[m]["scorecard"].items() for metric, v in per.items()}
+        card = Scorecard(models, methods, [k for k in METRICS], scores, seed=seed)
+        card.images = {m: self.acc[m]["images"] for m in models}
+        return card
 
     def agreement(self) -> float | None:
         """Fraction of images on which the first two models predict the same class index."""
@@ -130,6 +165,11 @@ class Summary:
                     "images": g["n"], "mean_relative_gap": g["sum"] / g["n"] if g["n"] else None,
                     "max_relative_gap": g["max"] if g["n"] else None, "above_tolerance": g["above"],
                     "tolerance": self.tolerance, "undefined": g["undefined"]}}
+            if self.kept[name]:
+                s["conservation"] = {method: {"images": c["n"], "mean_share": c["sum"] / c["n"] if c["n"] else None,
+                                              "min_share": c["min"] if c["n"] else None,
+                                              "max_share": c["max"] if c["n"] else None, "undefined": c["undefined"]}
+                                     for method, c in self.kept[name].items()}
             out[name] = s
         return out
 
@@ -156,7 +196,8 @@ class LeastConfident:
 
 def csv_fields(depth: int, opts: Options) -> list[str]:
     """Columns, known before the first record: scalars, rollout peak, per metric its mean and blocks
-    0 .. depth-1 (the deepest model's), AUCs, IG completeness. A shallower model leaves deeper cells empty."""
+    0 .. depth-1 (the deepest model's), AUCs, IG completeness, LRP conservation. A shallower model leaves deeper
+    cells empty."""
     a = opts.analyses
     fields = [*SCALAR_FIELDS] + (list(ROLLOUT_FIELDS) if "rollout" in a else [])
     metrics = (list(REDUNDANCY_METRICS) if "redundancy" in a else []) + (
@@ -166,21 +207,32 @@ def csv_fields(depth: int, opts: Options) -> list[str]:
         fields += [f"{m}_{k}" for m in opts.maps() for k in ("deletion_auc", "insertion_auc")]
     if "explain" in a and "integrated_gradients" in opts.methods:
         fields += [f"integrated_gradients_{k}" for k in COMPLETENESS_FIELDS]
+    if "explain" in a:
+        fields += [f"{m}_conservation_{k}" for m in opts.methods if m in LRP_METHODS for k in CONSERVATION_FIELDS]
     if opts.knockouts:
         fields += list(KNOCKOUT_FIELDS)
+    if "scorecard" in a:
+        from analysis.scorecard import METRICS, RANDOM
+
+        fields += [f"{m}_{k}" for m in (*opts.maps(), RANDOM) for k in METRICS]
     return fields
 
 
 def flat_row(rec: dict[str, Any]) -> dict[str, Any]:
-    """One CSV row: scalars, each block metric as METRIC_mean and METRIC_bI, AUCs as METHOD_SCORE."""
+    """One CSV row: scalars, each block metric as METRIC_mean and METRIC_bI, AUCs as METHOD_SCORE, IG completeness
+    as integrated_gradients_KEY, LRP conservation as METHOD_conservation_share / _logit."""
     row = {k: rec[k] for k in (*SCALAR_FIELDS, *ROLLOUT_FIELDS) if k in rec}
     for metric, values in rec["blocks"].items():
         row[f"{metric}_mean"] = float(np.mean(values))
         row.update({f"{metric}_b{i}": v for i, v in enumerate(values)})
     for method, scores in rec["faithfulness"].items():
         row.update({f"{method}_{k}": v for k, v in scores.items()})
+    for method, scores in rec.get("scorecard", {}).items():
+        row.update({f"{method}_{k}": v for k, v in scores.items()})
     for method, check in rec.get("completeness", {}).items():
         row.update({f"{method}_{k}": check[k] for k in COMPLETENESS_FIELDS})
+    for method, check in rec.get("conservation", {}).items():
+        row.update({f"{method}_conservation_{k}": check[k] for k in CONSERVATION_FIELDS})
     if "knockouts" in rec:
         grid = np.asarray(rec["knockouts"]["logit_drop"])
         block, head = np.unravel_index(int(grid.argmax()), grid.shape)

@@ -403,3 +403,100 @@ def test_knockouts_add_each_models_importance_grid_per_image(tmp_path, run):
     page = (out / "report.html").read_text()
     assert "Head knock-outs" in page and "ms per image" in page and page.count("logit drop per knocked-out head") == 4
     assert data["settings"]["knockouts"] is True
+
+
+def test_lrp_maps_come_with_their_conservation_in_json_csv_and_page(tmp_path, run):
+    """--methods attnlrp cp_lrp: every image's conservation (the pixels' share of the explained logit) and logit
+    equal `analysis.lrp.lrp`'s for those images, in results.json, the CSV and beside each map in report.html; the
+    summary holds their mean / min / max per model and method; the maps are drawn signed (checked on the PNG)."""
+    import numpy as np
+
+    from analysis.lrp import lrp  # the function (`from analysis import lrp` gives it too, not the module)
+
+    out = tmp_path / "out"
+    images = [str(run.root / "images" / g) for g in GOOD[1:3]]
+    data = report.main(["--models", *MODELS, "--weights", *run.weights.values(), "--images", *images,
+                        "--out", str(out), "--only", "explain", "--methods", "attnlrp", "cp_lrp",
+                        "--image-format", "png", "--html", "link"])
+    results = json.loads((out / "results.json").read_text())["results"]
+    rows = list(csv.DictReader(open(out / "results.csv", newline="")))
+    page = (out / "report.html").read_text()
+    for name in MODELS:
+        model = t2t.create_model(name, pretrained=run.weights[name])
+        cfg = model.default_cfg
+        x = torch.cat([preprocess(open_image(p), cfg["mean"], cfg["std"], cfg["img_size"], cfg["crop_pct"])
+                       for p in images])
+        recs = [r for r in results if r["model"] == name]
+        model_rows = [r for r in rows if r["model"] == name]
+        target = torch.tensor([r["pred_index"] for r in recs])
+        for method, variant in (("attnlrp", "attnlrp"), ("cp_lrp", "cp")):
+            want = lrp(model, x, target, variant=variant)
+            share = [r["conservation"][method]["share"] for r in recs]
+            logit = [r["conservation"][method]["logit"] for r in recs]
+            torch.testing.assert_close(torch.tensor(share), want.conservation, rtol=0, atol=1e-5)
+            torch.testing.assert_close(torch.tensor(logit), want.logit, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(torch.tensor([float(r[f"{method}_conservation_share"]) for r in model_rows]),
+                                       want.conservation, rtol=0, atol=1e-5)
+            torch.testing.assert_close(torch.tensor([float(r[f"{method}_conservation_logit"]) for r in model_rows]),
+                                       want.logit, rtol=1e-5, atol=1e-5)
+            for s, lg in zip(share, logit, strict=True):
+                assert f"conservation {s:.1%} of the logit {lg:.2f}" in page
+            summary = data["summary"][name]["conservation"][method]
+            assert summary["images"] == len(images) and summary["undefined"] == 0
+            assert summary["mean_share"] == pytest.approx(float(want.conservation.double().mean()), abs=1e-5)
+            assert summary["min_share"] == pytest.approx(float(want.conservation.min()), abs=1e-5)
+            assert summary["max_share"] == pytest.approx(float(want.conservation.max()), abs=1e-5)
+            assert (f"{name}, {method} conservation (the pixels' share of the explained logit): mean "
+                    f"{summary['mean_share']:.1%}, range {summary['min_share']:.1%} to {summary['max_share']:.1%}"
+                    in page)
+    assert "attnlrp, cp_lrp: signed maps" in page and "red: evidence for the predicted class" in page
+    # the picture of the first model's map is `overlays` of its map, signed, over the image it saw (PNG: exact)
+    rec = results[0]
+    crop = np.asarray(Image.open(out / rec["figures"]["input"]).convert("RGB"))
+    for method in ("attnlrp", "cp_lrp"):
+        drawn = np.asarray(Image.open(out / rec["figures"][method]).convert("RGB"))
+        want = report.overlays([crop], torch.tensor([rec["maps"][method]]), signed=True)[0]
+        assert np.array_equal(drawn, want), method
+        assert not np.array_equal(drawn, report.overlays([crop], torch.tensor([rec["maps"][method]]))[0])
+
+
+def test_signed_overlay_is_red_for_and_blue_against_the_class():
+    """A signed map (`signed=True`) positive on the left half, negative on the right: the left pixels are redder
+    than bluer, the right ones bluer than redder; colour and weight follow s = v / max|v| (within 1); an unsigned map
+    in the same call is drawn as alone; an all-zero map leaves the image as it is, without a warning (no 0 / 0)."""
+    import inspect
+    import warnings
+
+    import numpy as np
+
+    from analysis.attributions import integrated_gradients_map
+
+    grey = np.full((224, 224, 3), 128, np.uint8)
+    maps = torch.zeros(2, 14, 14)
+    maps[0, :, :7], maps[0, :, 7:] = 0.5, -2.0  # max |v| = 2: s = +0.25 left, -1 right
+    maps[1, 3, 4] = 1.0
+    a = 0.6
+    signed, unsigned = report.overlays([grey, grey], maps, alpha=a, signed=[True, False])
+    left, right = signed[:, :104].astype(int), signed[:, 120:].astype(int)  # the halves beyond the blend of token 6-7
+    assert (left[..., 0] > left[..., 2]).all() and (right[..., 2] > right[..., 0]).all()
+    lut = report.signed_lut().astype(float)
+    assert np.abs(signed[0, 200] - (128 * (1 - a) + lut[1] * a)).max() <= 1  # s = -1: full blue, weight alpha
+    w = a * 0.25 ** 0.5  # weight alpha sqrt(|s|)
+    assert np.abs(signed[0, 20] - (128 * (1 - w) + lut[128 + round(0.25 * 127)] * w)).max() <= 1
+    assert np.array_equal(unsigned, report.overlays([grey], maps[1:], alpha=a)[0])
+    # what the page's legend says of the colours drawn
+    from analysis.report.pictures import SIGNED_LEGEND
+
+    colour = {"red": 0, "blue": 2}
+    for index, words in SIGNED_LEGEND:
+        if index is not None:
+            assert int(lut[index].argmax()) == colour[words.split(":")[0]] and lut[index].max() > 200, words
+    assert (lut[128] >= 250).all()  # 0 is the middle colour, white (drawn at weight 0: the bare image)
+    assert (lut[1:128, 2] >= lut[1:128, 0]).all() and (lut[129:, 0] >= lut[129:, 2]).all()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        (zero,) = report.overlays([grey], torch.zeros(1, 14, 14), signed=True)
+    assert np.array_equal(zero, grey)
+    # Integrated Gradients is drawn min-max: the report's map is |attributions| summed over channels, >= 0
+    assert inspect.signature(integrated_gradients_map).parameters["reduction"].default == "abs"
+    assert "integrated_gradients" not in report.SIGNED_MAPS and {"attnlrp", "cp_lrp"} <= report.SIGNED_MAPS

@@ -1,23 +1,35 @@
-"""Cascading randomisation (Adebayo et al. 2018): similarities against hand computations, the cascade
-against the paper's definition written out here, and, where Quantus installs, against its MPRT."""
+"""Cascading randomisation (Adebayo et al. 2018) and Random Logit (Sixt et al. 2020): the similarities against
+hand computations and the libraries they call, the cascade against the paper's definition written out here and
+against Quantus's MPRT, Random Logit against Quantus's algorithm written out. The reference libraries are part
+of the [dev] set-up: in CI (CI=true) a missing one fails these tests (tests/conftest.py), it is never skipped."""
 
 from __future__ import annotations
 
 import copy
 import itertools
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.stats
+import skimage.metrics
 import torch
 from torch import Tensor, nn
 
 from analysis.sanity import (
     cascading_randomization,
+    other_classes,
+    pixel_maps,
+    random_logit,
     randomization_layers,
-    rankdata,
     reinitialize,
     spearman,
     ssim,
+    ssim_window,
 )
 from tests.analysis.test_knockout import assert_untouched, images, small_t2t, small_vit, snapshot
 
@@ -50,11 +62,6 @@ def ssim_by_hand(a: np.ndarray, b: np.ndarray, data_range: float, win: int = 7) 
     return float(np.mean(values))
 
 
-def test_ranks_average_ties():
-    x = torch.tensor([[3.0, 1.0, 3.0, 2.0, 3.0]])
-    assert rankdata(x)[0].tolist() == ranks_by_hand([3, 1, 3, 2, 3]) == [4.0, 1.0, 4.0, 2.0, 4.0]
-
-
 def test_spearman_equals_a_hand_computation_with_ties():
     g = torch.Generator().manual_seed(0)
     a = torch.randint(0, 5, (3, 4, 5), generator=g).float()  # many ties
@@ -68,12 +75,11 @@ def test_spearman_equals_a_hand_computation_with_ties():
 
 
 def test_spearman_equals_scipy():
-    stats = pytest.importorskip("scipy.stats")
     g = torch.Generator().manual_seed(1)
     a, b = torch.randn(4, 14, 14, generator=g), torch.randn(4, 14, 14, generator=g)
     b[0] = a[0].round()
-    want = [stats.spearmanr(x.flatten(), y.flatten())[0] for x, y in zip(a, b, strict=True)]
-    assert spearman(a, b).tolist() == pytest.approx(want)
+    want = [scipy.stats.spearmanr(x.flatten(), y.flatten())[0] for x, y in zip(a, b, strict=True)]
+    assert spearman(a, b).numpy() == pytest.approx(want, abs=1e-12)
 
 
 @pytest.mark.parametrize("shape", [(14, 14), (9, 11), (5, 6)])
@@ -92,12 +98,17 @@ def test_ssim_equals_a_hand_computation(shape):
 
 
 def test_ssim_equals_skimage():
-    metrics = pytest.importorskip("skimage.metrics")
     g = torch.Generator().manual_seed(3)
     a, b = torch.randn(3, 14, 14, generator=g), torch.randn(3, 14, 14, generator=g)
-    want = [metrics.structural_similarity(x.double().numpy(), y.double().numpy(), data_range=2.5)
+    want = [skimage.metrics.structural_similarity(x.double().numpy(), y.double().numpy(), data_range=2.5)
             for x, y in zip(a, b, strict=True)]
-    assert ssim(a, b, data_range=2.5).tolist() == pytest.approx(want)
+    assert ssim(a, b, data_range=2.5).numpy() == pytest.approx(want, abs=1e-12)
+    small = torch.rand(2, 5, 6, generator=g)  # a map smaller than the default window: the largest odd one that fits
+    assert ssim_window(5, 6) == 5 and ssim_window(14, 14) == 7 and ssim_window(2, 9) == 1
+    want = [skimage.metrics.structural_similarity(x.double().numpy(), (x * 0.5).double().numpy(), data_range=1.0,
+                                                  win_size=5) for x in small]
+    assert ssim(small, small * 0.5, data_range=1.0).numpy() == pytest.approx(want, abs=1e-12)
+    assert torch.isnan(ssim(torch.rand(1, 2, 2), torch.rand(1, 2, 2))).all()
 
 
 # --- the cascade ------------------------------------------------------------------------------------------
@@ -209,7 +220,8 @@ def test_matches_quantus_mprt():
     """Quantus's MPRT (layer_order="top_down") re-initialises, from the last module with
     `reset_parameters` to the first, one more at a time with PyTorch's default initialiser after
     `torch.manual_seed(seed + 1)`: the same cascade, given those layers and that initialiser."""
-    quantus = pytest.importorskip("quantus")
+    import quantus
+
     model, x = small_vit(), images(3)
     target = model(x).argmax(-1)
     seed = 42
@@ -233,3 +245,139 @@ def test_matches_quantus_mprt():
                     device="cpu")
     theirs = [scores["original"], *(scores[n] for n in modules)]
     assert np.array(theirs) == pytest.approx(ours.spearman.numpy(), abs=1e-6)
+
+
+# --- Random Logit (Sixt et al. 2020) through Quantus ------------------------------------------------------
+
+
+def class_map(model: nn.Module, x: Tensor, target: Tensor) -> Tensor:
+    """Input x gradient of the target logit, summed over colours: changes with the class."""
+    x = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(model(x).gather(1, target[:, None]).sum(), x)
+    return (grad * x).sum(dim=1)
+
+
+def quantus_random_logit(method, model: nn.Module, x: Tensor, target: Tensor, seed: int = 42) -> np.ndarray:
+    """quantus.RandomLogit itself, its maps at pixel resolution, each divided by its own largest |value|."""
+    import quantus
+
+    def explain(model, inputs, targets, **kwargs):
+        return pixel_maps(method(model, torch.as_tensor(inputs), torch.as_tensor(targets)), x.shape[-2:])
+
+    metric = quantus.RandomLogit(num_classes=model.num_classes, seed=seed, normalise_func_kwargs={"normalise_axes":
+                                 (1, 2, 3)}, disable_warnings=True, display_progressbar=False)
+    state = np.random.get_state()  # Quantus reseeds numpy's global generator
+    try:
+        return np.asarray(metric(model=model, x_batch=x.numpy(), y_batch=target.numpy(), a_batch=None,
+                                 explain_func=explain, device="cpu", batch_size=len(x)))
+    finally:
+        np.random.set_state(state)
+
+
+def test_other_classes_are_quantus_draw():
+    target = torch.tensor([0, 3, 9, 5, 5, 2])
+    rng = np.random.RandomState(7)
+    draws = rng.randint(0, 9, 6)
+    want = [[c for c in range(10) if c != t][d] for t, d in zip(target.tolist(), draws, strict=True)]
+    assert other_classes(target, 10, seed=7).tolist() == want
+    assert (other_classes(target, 10, seed=7) != target).all()
+
+
+def test_random_logit_equals_quantus():
+    model, x = small_vit(), images(4)
+    before = snapshot(model)
+    np.random.seed(123)
+    state = np.random.get_state()
+    got = random_logit(class_map, model, x)
+    assert_untouched(model, before)
+    assert all(np.array_equal(u, v) for u, v in zip(np.random.get_state(), state, strict=True)), \
+        "numpy's global random state changed"
+    target = model(x).argmax(-1)
+    want = quantus_random_logit(class_map, model, x, target)
+    assert got.numpy() == pytest.approx(want, abs=1e-6)
+    assert (got < 0.99).all()  # the maps do change with the class: the comparison has teeth
+    given = random_logit(class_map, model, x, target, saliency=class_map(model, x, target))
+    assert given.numpy() == pytest.approx(want, abs=1e-6)
+    # an image's score does not depend on the other images of the batch (Quantus's default normalisation would)
+    assert random_logit(class_map, model, x[:2] * torch.tensor([1.0, 50.0]).view(2, 1, 1, 1))[0].item() \
+        == pytest.approx(random_logit(class_map, model, x[:1])[0].item(), abs=1e-9)
+
+
+def test_random_logit_takes_maps_quantus_refuses():
+    """Quantus 0.6 asserts that not every map value is negative; the metric is defined for them all the same."""
+    model, x = small_vit(), images(2)
+
+    def negative(model, x, target):
+        return -1.0 - class_map(model, x, target).abs()
+
+    with pytest.raises(AssertionError, match="less than zero"):  # when this stops raising, sanity.py can call Quantus
+        quantus_random_logit(negative, model, x, model(x).argmax(-1))
+    got = random_logit(negative, model, x)
+    assert torch.isfinite(got).all() and (got < 1).all()
+
+
+def test_a_class_agnostic_map_scores_one():
+    """Rollout ignores the class: its map for another class is the same map, SSIM 1 (the worst)."""
+    got = random_logit("rollout", small_t2t("transformer"), images(2))
+    assert got.numpy() == pytest.approx([1.0, 1.0])
+
+
+# --- CI: a reference check never skips ---------------------------------------------------------------------
+
+
+def test_a_missing_reference_library_fails_under_ci(tmp_path):
+    """tests/conftest.py turns 'could not import' / 'is not installed' skips (in a test or at collection) into
+    failures when CI=true; other skips, and every skip outside CI, stay skips."""
+    (tmp_path / "conftest.py").write_text("from tests.conftest import pytest_make_collect_report, "
+                                          "pytest_runtest_makereport  # noqa: F401\n")
+    (tmp_path / "test_refs.py").write_text(textwrap.dedent("""
+        import pytest
+
+        def test_missing_module():
+            pytest.importorskip("a_library_nobody_installed")
+
+        def test_missing_tool():
+            pytest.skip("LXT is not installed (pip install --no-deps lxt)")
+
+        def test_other_skip():
+            pytest.skip("ViT has no T2T module")
+    """))
+    (tmp_path / "test_module_level.py").write_text("import pytest\n"
+                                                   "pytest.importorskip('another_missing_library')\n"
+                                                   "def test_x():\n    pass\n")
+    root = Path(__file__).resolve().parents[2]
+
+    def run(ci: str | None) -> str:
+        env = {k: v for k, v in os.environ.items() if k != "CI"} | {"PYTHONPATH": str(root)}
+        if ci is not None:
+            env["CI"] = ci
+        done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rfs", "-p", "no:cacheprovider",
+                               "--continue-on-collection-errors", "--rootdir",
+                               str(tmp_path), str(tmp_path)], env=env, capture_output=True, text=True, cwd=tmp_path)
+        return done.stdout
+
+    out = run("true")
+    summary = out.strip().splitlines()[-1]
+    assert "2 failed" in summary and "1 skipped" in summary and "1 error" in summary, out
+    assert out.count("skipped for a missing library under CI=true") >= 3, out  # both tests and the module
+    summary = run(None).strip().splitlines()[-1]
+    assert "failed" not in summary and "error" not in summary and "4 skipped" in summary, summary
+    summary = run("false").strip().splitlines()[-1]
+    assert "4 skipped" in summary, summary
+
+
+def test_given_original_maps_are_used_not_recomputed():
+    model, x = small_vit(), images(2)
+    calls = []
+
+    def counted(m, imgs, target):
+        calls.append(m is model)
+        return input_gradient(m, imgs, target)
+
+    target = model(x).argmax(-1)
+    full = cascading_randomization(counted, model, x, target)
+    n = len(calls)
+    calls.clear()
+    reused = cascading_randomization(counted, model, x, target, original=input_gradient(model, x, target))
+    assert len(calls) == n - 1 and not any(calls)  # every run on a randomised copy, none on the intact model
+    torch.testing.assert_close(reused.spearman, full.spearman)

@@ -12,12 +12,14 @@ Owns: `lesson_html` (a tour and a `Context` -> the page), `lesson_bytes`, the fi
 (`FIGURES`: a page's figure key -> a builder; each draws what the page draws, with app/figures.py and
 app/charts.py on the cached values of app/compute.py, app/explanations.py and app/knockouts.py, or with
 app/mechanisms.py's own figures;
-`PAIRS`: the figure shown beside it; `PAGE_FIGURES`: what a step without a known `look_at` shows),
-`markdown_html` (the Markdown the step texts are written in) and the command line (`main`, with
+`PAIRS`: the figure shown beside it; `PAGE_FIGURES`: what a step without a known `look_at` shows;
+`NOT_IN_LESSONS`: the pages' figures it does not draw, and why), the Explanations page's LRP overlay and
+journey strip (`lrp_overlay_uri`, `signed_scale`, `journey_figure`: drawn the same way by the page and the
+lesson), `markdown_html` (the Markdown the step texts are written in) and the command line (`main`, with
 `model_for` / `image_for`).
 
 May import: app.tours, app.links, app.widgets, app.charts, app.figures, app.compute, app.explanations,
-app.knockouts, app.mechanisms, app.models, app.images, app.access, plotly, t2t, analysis.
+app.knockouts, app.mechanisms, app.models, app.images, app.access, plotly, einops, torch, t2t, analysis.
 """
 
 from __future__ import annotations
@@ -33,7 +35,9 @@ from urllib.parse import urlencode
 
 import numpy as np
 import plotly.graph_objects as go
+from einops import reduce
 from streamlit import logger as streamlit_logger
+from torch import Tensor
 
 import t2t
 from app import charts, figures, links, tours, widgets
@@ -233,32 +237,128 @@ def _head_chart(metric: str) -> Builder:
     return build
 
 
+def lrp_overlay_uri(key: str, img: np.ndarray, relevance: Tensor) -> tuple[str, float]:
+    """PNG data URI of the image (S, S, 3), in light grey, under a signed pixel relevance map (S, S): red for
+    the class, blue against, transparent at 0 (matplotlib's "bwr", zennit's and LXT's heat map colours), and
+    the |relevance| drawn at full colour: its 99.5th percentile, so a few hot pixels do not wash out the rest.
+    Returns (uri, that percentile). The Explanations page's AttnLRP / CP-LRP overlay (moved here from
+    app/views/3_explanations.py so that the lesson draws the same picture; cached under `key`)."""
+    values = figures.to_numpy(relevance)
+    top = max(float(np.quantile(np.abs(values), 0.995)), 1e-12)
+    rgb = figures.colorize(values, "bwr", vmin=-top, vmax=top).astype(np.float32)
+    grey = 0.6 * img.astype(np.float32).mean(axis=-1, keepdims=True) + 0.4 * 255
+    alpha = 0.9 * np.clip(np.abs(values) / top, 0, 1)[..., None] ** 0.5  # faint near 0, so the image shows
+    blend = np.clip(grey * (1 - alpha) + rgb * alpha, 0, 255).astype(np.uint8)
+    return figures.cached_png_uri(key, blend), top
+
+
+def signed_scale(m: Tensor) -> np.ndarray:
+    """A signed map (h, w) scaled for a diverging colour scale on [0, 1]: 0.5 at 0, 0 / 1 at -+ its 99.5th
+    percentile of |values| (clipped beyond). (Moved here from app/views/3_explanations.py.)"""
+    values = figures.to_numpy(m)
+    top = max(float(np.quantile(np.abs(values), 0.995)), 1e-12)
+    return np.clip(values / top, -1, 1) / 2 + 0.5
+
+
+def journey_figure(stages: list[tuple[str, Tensor]], signed: bool) -> go.Figure:
+    """The Explanations page's "journey back through the T2T module": each stage's map (label, (h, w)) side by
+    side, from the backbone's tokens to the pixels. `signed` (AttnLRP / CP-LRP relevance): each panel on a
+    diverging scale with 0 white and its sum in its title; else each panel clipped at its 99.5th percentile.
+    (Moved here from app/views/3_explanations.py.)"""
+    from analysis.maps import display_scale
+
+    if signed:
+        maps = [signed_scale(m) for _, m in stages]
+        titles = [f"{t} (Σ={float(m.sum()):.3g})" for t, m in stages]  # one word: wrapped whole
+    else:
+        maps = [figures.to_numpy(display_scale(m)) for _, m in stages]
+        titles = [t for t, _ in stages]
+    # the pixel panel at half resolution (2x2 means): a lighter figure, the same picture at this size
+    maps[-1] = reduce(maps[-1], "(h a) (w b) -> h w", "mean", a=2, b=2)
+    strip = charts.strip_figure(maps, titles, colorscale="RdBu_r" if signed else "Inferno")
+    if signed:
+        strip.update_traces(zmin=0, zmax=1)  # the same diverging range in every panel: white is 0
+    return strip
+
+
+def _predicted(v: StepView, lm) -> int:
+    """The class the Explanations page explains by default: the model's prediction on the image."""
+    from app.compute import probabilities
+
+    return int(np.argmax(probabilities(v.ctx.trace(lm))))
+
+
+def _carry(v: StepView) -> str:
+    return v.state.get("exp_carry") if v.state.get("exp_carry") in links.CARRY_MODES else "coverage"
+
+
+def _method_pixels(v: StepView, lm, method: str, target: int) -> tuple[str, Tensor, list | None] | None:
+    """(map id, pixel map (S, S) in [0, 1], its T2T stages or None) of a token-map method with the step's
+    discard rule and carry-back, as the page's `method_map` + `explanations.pixels_of`; None for the slow
+    methods (not written into a lesson file)."""
+    from app import explanations
+
+    rule, ratio = v.rollout_rule
+    if method == "rollout":
+        map_id, heat = f"rollout|{rule}|{ratio:g}", explanations.rollout_with(v.ctx, lm, rule, ratio)
+    elif method == "grad_rollout":
+        heat, _ = explanations.explanation_with(v.ctx, lm, method, target, discard=rule, discard_ratio=ratio)
+        map_id = f"grad_rollout|{rule}|{ratio:g}|{target}"
+    elif method in explanations.CHEAP_METHODS:
+        map_id, heat = f"{method}|{target}", explanations.explanation(v.ctx, lm, method, target)
+    else:
+        return None
+    pix, stages = explanations.pixels_of(v.ctx, lm, map_id, heat, _carry(v))
+    return map_id, pix, stages
+
+
 def _explanation(method: str, which: str) -> Builder:
-    """An Explanations map of one model: the page's method, discard rule and carry-back, predicted class."""
+    """An Explanations map of one model for its predicted class, as the page draws it: AttnLRP and CP-LRP as the
+    signed relevance at the pixels (`lrp_overlay_uri`, nothing carried back); the other methods with the step's
+    discard rule and carry-back, on the image."""
     def build(v: StepView) -> go.Figure | None:
         from analysis.maps import display_scale
         from app import explanations
-        from app.compute import probabilities
 
         lm = v.role(which)
-        target = int(np.argmax(probabilities(v.ctx.trace(lm))))
-        rule, ratio = v.rollout_rule
-        if method == "rollout":
-            map_id, heat = f"rollout|{rule}|{ratio:g}", explanations.rollout_with(v.ctx, lm, rule, ratio)
-        elif method == "grad_rollout":
-            heat, _ = explanations.explanation_with(v.ctx, lm, method, target, discard=rule, discard_ratio=ratio)
-            map_id = f"grad_rollout|{rule}|{ratio:g}|{target}"
-        elif method in explanations.CHEAP_METHODS:
-            map_id, heat = f"{method}|{target}", explanations.explanation(v.ctx, lm, method, target)
-        else:
-            return None  # the slow methods are not written into a lesson file
-        carry = v.state.get("exp_carry") if v.state.get("exp_carry") in links.CARRY_MODES else "coverage"
-        pix, _ = explanations.pixels_of(v.ctx, lm, map_id, heat, carry)
+        target = _predicted(v, lm)
         img = v.ctx.display_image(lm)
-        uri = figures.overlay_uri(img, figures.to_numpy(display_scale(pix)))
-        return figures.image_figure(uri, img.shape[:2], title=f"{lm.role}: {lm.name} ({lm.class_names[target]})",
-                                    height=380)
+        title = f"{lm.role}: {lm.name} ({lm.class_names[target]})"
+        if method in explanations.LRP_METHODS:
+            rel = explanations.lrp_maps(v.ctx, lm, method, target)
+            uri, top = lrp_overlay_uri(f"{lm.key}|{v.ctx.image.key}|{method}|{target}|pixels", img, rel.pixels)
+            title += f": red for, blue against, full colour at ±{top:.2g}"
+        else:
+            done = _method_pixels(v, lm, method, target)
+            if done is None:
+                return None  # the slow methods are not written into a lesson file
+            map_id, pix, _ = done
+            key = f"{lm.key}|{v.ctx.image.key}|{map_id}|{_carry(v)}"
+            uri = figures.cached_overlay_uri(key, img, lambda: figures.to_numpy(display_scale(pix)))
+        return figures.image_figure(uri, img.shape[:2], title=title, height=380)
     return build
+
+
+def _journey(v: StepView) -> go.Figure | None:
+    """The journey strip of the Explanations page: T2T-ViT's map of the first of the step's methods that has
+    stages (the page's choice by default; AttnLRP / CP-LRP: the relevance of each T2T step; the others: the map
+    carried back, unless the step stretches it)."""
+    from app import explanations
+
+    lm = v.ctx.t2t
+    options = list(explanations.CHEAP_METHODS) + (list(explanations.EXPENSIVE_METHODS)
+                                                  if v.state.get("exp_expensive") else [])
+    methods = [m for m in v.state.get("exp_methods", ["rollout", "chefer"]) if m in options]
+    target = _predicted(v, lm)
+    for method in methods:
+        if method in explanations.LRP_METHODS:
+            stages = explanations.lrp_maps(v.ctx, lm, method, target).stages
+        else:
+            done = _method_pixels(v, lm, method, target)
+            stages = done[2] if done is not None else None
+        if stages:
+            return journey_figure(stages, method in explanations.LRP_METHODS)
+    return None
 
 
 def _channel_grid(which: str) -> Builder:
@@ -357,18 +457,39 @@ def _ko_map(which: str) -> Builder:
     return build
 
 
+def _intact_target(v: StepView, which: str) -> int:
+    """The class the Knock-outs page's grids are about: the intact model's prediction (whatever is knocked out)."""
+    from app.knockouts import knocked_run
+
+    return int(np.argmax(knocked_run(v.ctx, v.role(which)).probs))
+
+
 def _ko_importance(which: str) -> Builder:
     def build(v: StepView) -> go.Figure:
         from app.knockouts import head_grid
 
         lm = v.role(which)
         heads = v.knocked_heads(which)
-        target = int(np.argmax(_knocked(v, which).probs if not heads else
-                               _knocked(StepView(v.ctx, {}), which).probs))
-        pending = head_grid(v.ctx, lm, target, heads, v.t2t_off if which == "t2t" else (), v.knock_mode)
+        pending = head_grid(v.ctx, lm, _intact_target(v, which), heads, v.t2t_off if which == "t2t" else (),
+                            v.knock_mode)
         grid = pending.value if pending.ready else pending.job.future.result()  # a worker's job in a server
         return charts.head_grid_figure(grid.logit_drop, (lm.num_blocks, lm.num_heads), heads, colorbar="logit drop",
                                        title=f"{lm.role}: importance for {lm.class_names[grid.target]}")
+    return build
+
+
+def _ko_relevance(which: str) -> Builder:
+    """The Knock-outs page's AttnLRP grid: how much of the intact model's class-logit relevance passed through each
+    head (`explanations.lrp_maps(...).heads`, the page's `lrp_soon` cache entry), the knocked-out heads crossed."""
+    def build(v: StepView) -> go.Figure:
+        from app.explanations import lrp_maps
+
+        lm = v.role(which)
+        heads, off = v.knocked_heads(which), (v.t2t_off if which == "t2t" else ())
+        maps = lrp_maps(v.ctx, lm, "attnlrp", _intact_target(v, which))
+        intact = " (intact model)" if heads or off else ""  # LRP explains the model as it is, nothing knocked out
+        return charts.head_grid_figure(maps.heads.numpy(), (lm.num_blocks, lm.num_heads), heads, colorbar="relevance",
+                                       title=f"{lm.role}: AttnLRP relevance for {lm.class_names[maps.target]}{intact}")
     return build
 
 
@@ -428,13 +549,34 @@ def _figures() -> dict[str, Builder]:
         out[f"ko_top5_{role}"] = _ko_top5(which)
         out[f"ko_map_{role}"] = _ko_map(which)
         out[f"ko_importance_{role}"] = _ko_importance(which)
+        out[f"ko_relevance_{role}"] = _ko_relevance(which)
         for kind in ("strip", "dla", "head", "pair", "patch_heads", "resid", "sinks"):
             out[f"dec_{kind}_{role}"] = _decision(kind, which)
     out["dec_lens"] = _dec_lens
+    out["exp_strip"] = _journey
     return out
 
 
 FIGURES: dict[str, Builder] = _figures()
+# The figures of the pages a lesson file does not draw (a pattern of their keys -> why): a step that looks at one
+# shows its page's first figure instead (`PAGE_FIGURES`). Every key a page can frame is in FIGURES or matches one
+# of these (tests/app/test_export.py reads the keys out of app/views/).
+NOT_IN_LESSONS: dict[str, str] = {
+    r"exp_(integrated_gradients|occlusion|token_ablation)_.+": "a slow method: many forward passes per map",
+    r"exp_sanity_.+": "the sanity check: a background job of 1 + blocks + 3 runs of the method per model",
+    r"fr_nb_mosaic_.+": "Fig. 2 as the notebook draws it: its maps are computed inside the page "
+                        "(`fig2_notebook_maps` of app/views/4_feature_richness.py)",
+    r"cka_matrix": "CKA: a background job over a batch of synthetic images",
+    r"ko_pruning": "the pruning curves: a background job of tens of seconds to minutes on a CPU",
+    r"mosaic_(attn1|attn2|proj|vit)_one": "a channel enlarged: shown after a click on a tile, which a step cannot set",
+    r"sb_.+": "the soft-split sandbox: its view (the splits clamped, the image at the chosen size) is computed inside "
+              "the page (app/views/7_soft_split_sandbox.py)",
+}
+
+
+def not_in_lessons(key: str) -> str | None:
+    """Why the lesson file does not draw the page figure `key` (None: it does, or no page has it)."""
+    return next((why for pattern, why in NOT_IN_LESSONS.items() if re.fullmatch(pattern, key)), None)
 
 
 def _pairs() -> dict[str, str]:
@@ -601,6 +743,10 @@ def lesson_html(tour: Tour, ctx: Context, app_url: str = "") -> str:
     for step in tour.steps:
         view = _step_view(step, ctx, contexts)
         text, problems = tours.fill(step.text, view)
+        if step.look_at and step.look_at not in FIGURES:
+            why = not_in_lessons(step.look_at) or "no page draws a figure with that key"
+            problems.append(f"The figure this step is about (`{step.look_at}`) is not drawn in the lesson file: "
+                            f"{why}.")
         title = step.title or f"Step {step.number}"
         nav.append(f'<li><a href="#step-{step.number}">{_inline(title)}</a></li>')
         divs = []

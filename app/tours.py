@@ -24,10 +24,12 @@ app.mechanisms, app.models, streamlit, t2t, analysis.
 from __future__ import annotations
 
 import functools
+import importlib.metadata
 import math
 import os
 import re
 import string
+import sys
 import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -42,7 +44,28 @@ from app import links, widgets
 from app.compute import Context
 
 ROOT = Path(__file__).resolve().parents[1]
-LESSONS = ROOT / "lessons"
+SHARED_LESSONS = Path("share", "t2t-lens", "lessons")  # where an installed package's tours are (pyproject.toml)
+DISTRIBUTION = "t2t-lens"
+
+
+def shipped_lessons() -> Path:
+    """The folder of the shipped tours: lessons/ of the repository (a checkout, or an editable install); for a
+    package installed from a wheel, the copy pip put in share/t2t-lens/lessons under its prefix (pyproject.toml's
+    data-files), found through the distribution's own file list (so a --user or --prefix install finds its own),
+    else under this Python's prefix."""
+    if (ROOT / "lessons").is_dir() and (ROOT / "pyproject.toml").is_file():
+        return ROOT / "lessons"
+    try:
+        files = importlib.metadata.distribution(DISTRIBUTION).files or []
+    except importlib.metadata.PackageNotFoundError:
+        files = []
+    for file in files:
+        if file.suffix == ".toml" and file.parent.parts[-len(SHARED_LESSONS.parts):] == SHARED_LESSONS.parts:
+            return Path(file.locate()).resolve().parent
+    return Path(sys.prefix) / SHARED_LESSONS
+
+
+LESSONS = shipped_lessons()
 LESSONS_ENV = "T2T_LENS_LESSONS"  # more folders of tours (os.pathsep between them), after lessons/
 TOUR_SOURCES = ("embedded", "released", "random")  # weights a tour may name: never a file or an address
 MAX_STEPS = 60
@@ -966,5 +989,6 @@ def sidebar_list() -> None:
         for problem in loaded.problems:
             st.warning(f"Not loaded: {problem}", icon=":material/error:")
         if not loaded.tours and not loaded.problems:
-            st.caption("No tours in lessons/.")
-        st.caption("Teachers: add your own tours to lessons/ (lessons/README.md).")
+            st.caption("No tours found.")
+        st.caption("Teachers: add your own tours to lessons/ of a checkout, or to a folder named by "
+                   f"${LESSONS_ENV} (lessons/README.md).")

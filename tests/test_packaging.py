@@ -3,7 +3,9 @@
 torch is "already there": the new environment sees this environment's torch (and what torch needs) through
 symbolic links, as a machine with its own CUDA build would have it; pip installs everything else from the
 package's declared dependencies. The README's quickstart then runs from another folder, so the embedded
-weights, class lists and sample photos must come along as package data.
+weights, class lists and sample photos must come along as package data. A second environment installs the
+app's extra (its requirements linked from this environment too: only the package itself is installed), whose
+guided tours must come along from lessons/ at the repository's root (pyproject.toml's data-files).
 """
 
 from __future__ import annotations
@@ -32,7 +34,10 @@ def repository_files() -> list[str]:
 
 
 def requirement_closure(name: str) -> set[str]:
-    """`name` and every distribution it requires (unconditional requirements), as installed here."""
+    """`name` and every distribution it requires here (no extra's; a requirement whose environment marker does not
+    hold on this Python and platform, such as `exceptiongroup; python_version < "3.11"`, left out), as installed."""
+    from packaging.requirements import Requirement
+
     seen: set[str] = set()
     todo = [name]
     while todo:
@@ -41,10 +46,10 @@ def requirement_closure(name: str) -> set[str]:
         if key in seen:
             continue
         seen.add(key)
-        for req in dist.requires or []:
-            if ";" in req and "extra" in req.split(";", 1)[1]:
-                continue
-            todo.append(re.split(r"[\s<>=!~;\[(]", req, maxsplit=1)[0])
+        for text in dist.requires or []:
+            req = Requirement(text)
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                todo.append(req.name)
     return seen
 
 
@@ -61,23 +66,48 @@ def link_distributions(names: set[str], site: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory) -> Path:
-    """A new venv with the repository installed non-editable; returns its python."""
-    tmp = tmp_path_factory.mktemp("pkg")
-    source = tmp / "source"
+def source(tmp_path_factory) -> Path:
+    """A copy of the repository as a clean clone would hold it."""
+    source = tmp_path_factory.mktemp("pkg") / "source"
     for rel in repository_files():
         (source / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / rel, source / rel)
-    env_dir = tmp / "venv"
+    return source
+
+
+def install(env_dir: Path, linked: set[str], spec: str) -> Path:
+    """A new venv at `env_dir` that sees this environment's distributions `linked`, with `spec` installed into it
+    by pip (not editable); returns its python."""
     venv.EnvBuilder(with_pip=True).create(env_dir)
     python = env_dir / "bin" / "python"
     site = Path(subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                capture_output=True, text=True, check=True).stdout.strip())
-    link_distributions(requirement_closure("torch"), site)
-    out = subprocess.run([python, "-m", "pip", "install", "-q", "--disable-pip-version-check", str(source)],
+    link_distributions(linked, site)
+    out = subprocess.run([python, "-m", "pip", "install", "-q", "--disable-pip-version-check", spec],
                          capture_output=True, text=True, timeout=900, env={**os.environ, "PIP_NO_INPUT": "1"})
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     return python
+
+
+@pytest.fixture(scope="module")
+def installed(source, tmp_path_factory) -> Path:
+    """A new venv with the repository installed non-editable (pip installs the declared dependencies but torch);
+    returns its python."""
+    return install(tmp_path_factory.mktemp("lib") / "venv", requirement_closure("torch"), str(source))
+
+
+@pytest.fixture(scope="module")
+def installed_app(source, tmp_path_factory) -> Path:
+    """A new venv with the repository and its app extra installed non-editable; every requirement is linked from
+    this environment (the library's and the app's, never this checkout's own editable install), so pip installs
+    the package alone. Returns its python."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = project["dependencies"] + project["optional-dependencies"]["app"]
+    names = {re.split(r"[\s<>=!~;\[]", d, maxsplit=1)[0] for d in wanted}
+    linked = set().union(*(requirement_closure(n) for n in names)) - {project["name"]}
+    return install(tmp_path_factory.mktemp("app") / "venv", linked, f"{source}[app]")
 
 
 def run(python: Path, code: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -114,6 +144,24 @@ def test_package_data_comes_along(installed, tmp_path):
 
     assert lines[0] == str(sorted(t2t.list_embedded())) and lines[1] == str(sorted(t2t.sample_images()))
     assert lines[2:] == ["10", "1000 100"]
+
+
+def test_the_installed_app_has_the_shipped_tours(installed_app, tmp_path):
+    """lessons/ is no package: pip puts it in the environment's share/t2t-lens/lessons, and the app finds it there
+    (a non-editable install has no repository around app/)."""
+    code = ("from app import tours; loaded = tours.load_tours(); print(tours.LESSONS); print(sorted(loaded.tours)); "
+            "print(loaded.problems); print(loaded.tours['paper'].title, len(loaded.tours['paper'].steps))")
+    out = run(installed_app, code, tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lessons, names, problems, paper = out.stdout.splitlines()[-4:]
+    prefix = installed_app.parent.parent  # the venv: pip's data scheme is its prefix
+    assert Path(lessons) == (prefix / "share" / "t2t-lens" / "lessons").resolve(), lessons
+    assert (Path(lessons) / "README.md").is_file()  # the format, for teachers adding theirs
+    from app import tours
+
+    here = tours.load_tours()
+    assert names == str(sorted(here.tours)) and "paper" in here.tours and problems == "[]"
+    assert paper == f"{here.tours['paper'].title} {len(here.tours['paper'].steps)}"
 
 
 def test_the_library_installs_without_the_app(installed, tmp_path):

@@ -8,12 +8,12 @@ from inspect import signature
 
 import numpy as np
 import streamlit as st
-from torch import Tensor
 
 from analysis.attributions import COMPLETENESS_TOLERANCE
 from analysis.maps import display_scale
 from analysis.rollout import DISCARD_RULES, cls_rollout
 from app import charts, compute, explanations, figures, jobs, knockouts, models, widgets
+from app.export import journey_figure, lrp_overlay_uri
 
 ctx = compute.context()
 STEPS = (4, 20)  # the steps slider's range
@@ -138,27 +138,6 @@ def method_map(lm: models.LoadedModel, method: str, target: int) -> tuple[str, o
     return f"{method}|{target}", explanations.explanation(ctx, lm, method, target), None
 
 
-def lrp_overlay_uri(key: str, img: np.ndarray, relevance: Tensor) -> tuple[str, float]:
-    """PNG data URI of the image (S, S, 3), in light grey, under a signed pixel relevance map (S, S): red for
-    the class, blue against, transparent at 0 (matplotlib's "bwr", zennit's and LXT's heat map colours), and
-    the |relevance| drawn at full colour: its 99.5th percentile, so a few hot pixels do not wash out the rest."""
-    values = figures.to_numpy(relevance)
-    top = max(float(np.quantile(np.abs(values), 0.995)), 1e-12)
-    rgb = figures.colorize(values, "bwr", vmin=-top, vmax=top).astype(np.float32)
-    grey = 0.6 * img.astype(np.float32).mean(axis=-1, keepdims=True) + 0.4 * 255
-    alpha = 0.9 * np.clip(np.abs(values) / top, 0, 1)[..., None] ** 0.5  # faint near 0, so the image shows
-    blend = np.clip(grey * (1 - alpha) + rgb * alpha, 0, 255).astype(np.uint8)
-    return figures.cached_png_uri(key, blend), top
-
-
-def signed_scale(m: Tensor) -> np.ndarray:
-    """A signed map scaled for a diverging colour scale on [0, 1]: 0.5 at 0, 0 / 1 at -+ its 99.5th percentile
-    of |values| (clipped beyond)."""
-    values = figures.to_numpy(m)
-    top = max(float(np.quantile(np.abs(values), 0.995)), 1e-12)
-    return np.clip(values / top, -1, 1) / 2 + 0.5
-
-
 def completeness_note(lm: models.LoadedModel, gap: dict[str, float]) -> None:
     """IG's completeness beside its map: sum of attributions vs f(x) - f(baseline), warned above 5%."""
     total = gap["output_change"] + gap["delta"]
@@ -269,16 +248,7 @@ if journeys:
                           key="exp_journey")
     stages = journeys[method]
     lrp_journey = method in explanations.LRP_METHODS
-    if lrp_journey:  # signed relevance: 0 white, each panel's sum in its title
-        maps = [signed_scale(m) for _, m in stages]
-        titles = [f"{t} (Σ={float(m.sum()):.3g})" for t, m in stages]  # one word: wrapped whole
-    else:
-        maps = [figures.to_numpy(display_scale(m)) for _, m in stages]  # each clipped at its 99.5th percentile
-        titles = [t for t, _ in stages]
-    maps[-1] = maps[-1].reshape(maps[-1].shape[0] // 2, 2, maps[-1].shape[1] // 2, 2).mean(axis=(1, 3))  # lighter
-    strip = charts.strip_figure(maps, titles, colorscale="RdBu_r" if lrp_journey else "Inferno")
-    if lrp_journey:
-        strip.update_traces(zmin=0, zmax=1)  # the same diverging range in every panel: white is 0
+    strip = journey_figure(stages, lrp_journey)
     widgets.show(strip, key="exp_strip")
     if lrp_journey:
         st.caption("Left to right: where the relevance sits at each step of the T2T module, from the backbone's "

@@ -366,6 +366,32 @@ def verdicts(card: Scorecard) -> list[str]:
     return lines + ([v] if v else [])
 
 
+def merge_scorecards(cards: Sequence[Scorecard]) -> Scorecard:
+    """One card of several cards' models (e.g. one model per call, or per machine): their scores side by side.
+
+    The cards must score different models with the same metrics and bootstrap (n_boot, level, seed); the
+    methods are the union, in first-seen order. Raises ValueError otherwise."""
+    if not cards:
+        raise ValueError("no scorecards to merge")
+    first = cards[0]
+    models: list[str] = []
+    for card in cards:
+        if card.metrics != first.metrics:
+            raise ValueError(f"cannot merge scorecards of different metrics: {first.metrics} and {card.metrics}")
+        if (card.n_boot, card.level, card.seed) != (first.n_boot, first.level, first.seed):
+            raise ValueError("cannot merge scorecards with different bootstraps (n_boot, level, seed)")
+        twice = [m for m in card.models if m in models]
+        if twice:
+            raise ValueError(f"model {twice[0]!r} is in more than one scorecard")
+        models += card.models
+    merged = Scorecard(models, list(dict.fromkeys(m for c in cards for m in c.methods)), list(first.metrics), {},
+                       n_boot=first.n_boot, level=first.level, seed=first.seed)
+    for card in cards:
+        for name in ("scores", "seconds", "images", "skipped", "curves", "road"):
+            getattr(merged, name).update(getattr(card, name))
+    return merged
+
+
 # --- computing a card ----------------------------------------------------------------------------------
 
 def random_map(shape: Sequence[int], seed: int = 0) -> Tensor:

@@ -22,6 +22,7 @@ from analysis.scorecard import (
     grouped_cascade,
     kendall_tau,
     leader_verdict,
+    merge_scorecards,
     random_floor_verdict,
     random_map,
     sanity_verdict,
@@ -113,6 +114,29 @@ def test_card_numbers_are_the_metrics_called_directly(card):
     np.testing.assert_allclose(card.scores["ViT", RANDOM, "sanity"], 1.0, atol=1e-9)
     # rollout ignores the class: Random Logit 1 as well
     np.testing.assert_allclose(card.scores["ViT", "rollout", "random_logit"], 1.0, atol=1e-6)
+
+
+def test_merged_cards_equal_one_card_of_both_models(card):
+    """Scoring one model per call and merging gives the card of one call on both: scores, rankings, tau, verdicts."""
+    whole, models, x = card
+    parts = [scorecard({k: m}, x, methods=["rollout", "chefer", "grad_rollout"], settings=FAST, n_boot=300)
+             for k, m in models.items()]
+    merged = merge_scorecards(parts)
+    assert merged.models == whole.models and merged.methods == whole.methods
+    assert merged.scores.keys() == whole.scores.keys()
+    for key, values in whole.scores.items():
+        np.testing.assert_allclose(merged.scores[key], values, rtol=0, atol=1e-6, err_msg=str(key))
+    for got, want in zip(merged.table(), whole.table(), strict=True):
+        assert {k: got[k] for k in ("model", "method", "metric", "n", "rank")} == {
+            k: want[k] for k in ("model", "method", "metric", "n", "rank")}
+        numbers = ("mean", "low", "high")
+        np.testing.assert_allclose([got[k] for k in numbers], [want[k] for k in numbers], rtol=0, atol=1e-6)
+    assert merged.verdicts() == whole.verdicts()
+    with pytest.raises(ValueError, match="more than one scorecard"):
+        merge_scorecards([parts[0], parts[0]])
+    with pytest.raises(ValueError, match="different metrics"):
+        merge_scorecards([parts[0], scorecard({"other": models["ViT"]}, x | {"other": x["ViT"]}, methods=["rollout"],
+                                              metrics=["deletion"], settings=FAST, n_boot=300)])
 
 
 def test_ranking_follows_the_means_and_the_direction(card):

@@ -309,8 +309,16 @@ def lrp_soon(ctx: Context, lm: LoadedModel, method: str, target: int) -> Pending
 
 def conservation_text(maps: LrpMaps) -> str:
     """What the conservation of an LRP map says, with its numbers: how much of the class logit reached the pixels,
-    and what keeps the rest."""
-    softmax = " and AttnLRP's softmax rule does not pass all of its relevance on" if maps.variant == "attnlrp" else ""
+    and why the pixels' sum differs from the logit (true whether it falls short of it or exceeds it)."""
+    reasons = ["LRP gives a share to the model's additive constants (biases, LayerNorm shifts, class token, "
+               "position embedding)"]
+    if maps.variant == "attnlrp":
+        reasons.append("AttnLRP's softmax rule does not pass all of its relevance on")
+    if maps.gamma:
+        reasons.append(f"the Gamma rule (γ = {maps.gamma:g}) favours positive contributions and conserves nothing "
+                       "exactly, so the share may also exceed 100%")
+    rest = maps.logit - maps.total
+    gap = (f"The other {rest:.2f} does not reach the pixels" if rest >= 0
+           else f"The pixels hold {-rest:.2f} more than the logit")
     return (f"Conservation {maps.conservation:.1%}: the pixels' relevance sums to {maps.total:.2f} of the class logit "
-            f"{maps.logit:.2f}. The other {maps.logit - maps.total:.2f} does not reach the pixels: LRP gives a share "
-            f"to the model's additive constants (biases, LayerNorm shifts, class token, position embedding){softmax}.")
+            f"{maps.logit:.2f}. {gap}: " + "; ".join(reasons) + ".")

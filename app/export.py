@@ -11,7 +11,7 @@ home" button writes the same file for the session's models and image (`lesson_by
 Owns: `lesson_html` (a tour and a `Context` -> the page), `lesson_bytes`, the figures of a step
 (`FIGURES`: a page's figure key -> a builder; each draws what the page draws, with app/figures.py and
 app/charts.py on the cached values of app/compute.py, app/explanations.py and app/knockouts.py, or with
-app/mechanisms.py's own figures;
+app/mechanisms.py's and app/sandbox.py's own figures (the sandbox's view of a step: `sandbox.page_view`);
 `PAIRS`: the figure shown beside it; `PAGE_FIGURES`: what a step without a known `look_at` shows;
 `NOT_IN_LESSONS`: the pages' figures it does not draw, and why), the Explanations page's LRP overlay and
 journey strip (`lrp_overlay_uri`, `signed_scale`, `journey_figure`: drawn the same way by the page and the
@@ -19,7 +19,7 @@ lesson), `markdown_html` (the Markdown the step texts are written in) and the co
 `model_for` / `image_for`).
 
 May import: app.tours, app.links, app.widgets, app.charts, app.figures, app.compute, app.explanations,
-app.knockouts, app.mechanisms, app.models, app.images, app.access, plotly, einops, torch, t2t, analysis.
+app.knockouts, app.mechanisms, app.sandbox, app.models, app.images, app.access, plotly, einops, torch, t2t, analysis.
 """
 
 from __future__ import annotations
@@ -532,6 +532,35 @@ def _decision(kind: str, which: str) -> Builder:
     return build
 
 
+def _sandbox(kind: str) -> Builder:
+    """A figure of the soft-split sandbox for the step's configuration, as the page draws it: the view the page
+    computes from the same parameters (`sandbox.page_view`: its defaults, the values clamped to its controls),
+    the image at the chosen size. `kind`: "0" / "1" / "2" (a soft split's windows), "vit" (the backbone token's
+    ViT patch), "cost" (the T2T attention costs) or "trace" ("Try it", only when the step turns it on and the
+    page would run it). None where the page draws nothing: a configuration without tokens."""
+    def build(v: StepView) -> go.Figure | None:
+        from app import sandbox
+
+        lm, image = v.ctx.t2t, v.ctx.image
+        view = sandbox.page_view(v.state, lm, v.ctx.vit)
+        box = view.box
+        if not box.valid:
+            return None
+        if kind == "cost":
+            return sandbox.cost_figure(box, view.paper)
+        steps = sandbox.input_steps(lm.key, image.key, box.img_size, lm, image.image)
+        if kind == "trace":
+            if not v.state.get(sandbox.TRY_KEY) or sandbox.too_large_to_run(view.name, box) is not None:
+                return None
+            out = sandbox.tried(view.name, box.splits, box.img_size, lm.key, image.key, steps.tensor)
+            return charts.strip_figure(out["norms"], list(sandbox.TRACE_TITLES), colorscale="Viridis")
+        uri = sandbox.image_uri(lm.key, image.key, box.img_size, steps)
+        if kind == "vit":
+            return sandbox.vit_figure(uri, box.img_size, view.patch, sandbox.backbone_centre(box))
+        return sandbox.window_figure(uri, box, int(kind))
+    return build
+
+
 def _figures() -> dict[str, Builder]:
     out = _tokens_builders()
     out.update({"att_pick": _attention_map, "att_tiles": _attention_tiles, "att_distance": _head_chart("distance"),
@@ -554,6 +583,8 @@ def _figures() -> dict[str, Builder]:
             out[f"dec_{kind}_{role}"] = _decision(kind, which)
     out["dec_lens"] = _dec_lens
     out["exp_strip"] = _journey
+    out.update({f"sb_window{i}": _sandbox(str(i)) for i in range(3)})
+    out.update({"sb_vit": _sandbox("vit"), "sb_cost": _sandbox("cost"), "sb_trace": _sandbox("trace")})
     return out
 
 
@@ -569,8 +600,6 @@ NOT_IN_LESSONS: dict[str, str] = {
     r"cka_matrix": "CKA: a background job over a batch of synthetic images",
     r"ko_pruning": "the pruning curves: a background job of tens of seconds to minutes on a CPU",
     r"mosaic_(attn1|attn2|proj|vit)_one": "a channel enlarged: shown after a click on a tile, which a step cannot set",
-    r"sb_.+": "the soft-split sandbox: its view (the splits clamped, the image at the chosen size) is computed inside "
-              "the page (app/views/7_soft_split_sandbox.py)",
 }
 
 
@@ -584,8 +613,9 @@ def _pairs() -> dict[str, str]:
     pairs = {"pick_split0": "zoom_split0", "pick_attn1": "mosaic_attn1", "pick_attn2": "mosaic_attn2",
              "pick_map1": "pick_split1", "pick_map2": "pick_split2", "pick_proj": "pick_vit",
              "mosaic_proj": "mosaic_vit", "att_pick": "att_tiles", "att_distance": "att_entropy",
-             "dec_lens": "dec_strip_T2T-ViT"}
+             "dec_lens": "dec_strip_T2T-ViT", "sb_window0": "sb_window1", "sb_window2": "sb_vit"}
     pairs.update({b: a for a, b in pairs.items()})
+    pairs["sb_cost"] = "sb_window0"  # the cost of soft split 0's tokens beside its windows (one way: 0 pairs with 1)
     for key in FIGURES:
         for one, other in (("T2T-ViT", "ViT"), ("ViT", "T2T-ViT")):
             if key.endswith("_" + one):
@@ -597,7 +627,7 @@ PAIRS = _pairs()
 PAGE_FIGURES = {  # what a step shows when its look_at is not a figure the lesson file can draw
     "tokens": "pick_split0", "attention": "att_pick", "explanations": "exp_rollout_T2T-ViT",
     "features": "fr_mosaic_T2T-ViT", "classify": "cls_T2T-ViT", "knockouts": "ko_top5_T2T-ViT",
-    "decision": "dec_lens",
+    "decision": "dec_lens", "sandbox": "sb_window0",
 }
 
 

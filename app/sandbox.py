@@ -6,8 +6,11 @@ numbers per token, window overlap in pixels and as a share, the receptive field 
 configuration gives no token or leaves something out: `Problem`), the cost of its T2T attention layers
 (`attention_cost`), a registry model with that configuration (`build`, on any device; `model_cost`:
 parameters and multiply-accumulates counted on the meta device, as `python -m t2t list` counts them), the
-guard for running one (`too_large_to_run`) and the sandbox's figures. No Streamlit calls; the page
-(app/views/7_soft_split_sandbox.py) draws, caches and runs.
+guard for running one (`too_large_to_run`), the page's view (`clamped`: its controls' values from a session's
+state or a tour step's; `page_view` -> `View`: what its figures and numbers are computed from; `input_steps` /
+`image_uri`: the image at the chosen size; `tried`: "Try it"'s run) and the sandbox's figures. No Streamlit calls;
+the page (app/views/7_soft_split_sandbox.py) draws; the lessons to take home (app/export.py) and the tours' fields
+(app/tours.py) compute the same view from a step's parameters.
 
 The validity check is CNN Explainer's (Wang et al., 2020, its convolution hyper-parameter view): a
 window of side k, moved by s over a side of n cells padded by p on each side, fits (n + 2p - k) / s + 1
@@ -16,8 +19,8 @@ T2T-ViT) rounds a fraction down instead of refusing it, so the paper's own choic
 whole number at any stage (224 + 4 - 7) / 4 + 1 = 56.25: here a fraction is explained (what the rounding
 leaves out: padding only, or cells of the image), never refused; no window at all is refused.
 
-May import: app.figures (style, image figures, boxes), plotly, numpy, torch, t2t. Not app.charts (same
-layer) nor anything above.
+May import: app.figures (style, image figures, boxes), app.jobs (`memo`), plotly, numpy, torch, t2t. Not app.charts
+(same layer) nor anything above (the models of the page's view are duck-typed `app.models.LoadedModel`s).
 """
 
 from __future__ import annotations
@@ -25,8 +28,9 @@ from __future__ import annotations
 import functools
 import inspect
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
@@ -35,7 +39,10 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import t2t
+from app import figures
 from app.figures import CHART, CHOSEN, FONT, GRID, NEIGHBOUR, Box, add_boxes, add_chosen, add_grid_lines, image_figure
+from app.jobs import memo
+from t2t.images import PreprocessSteps, preprocess_steps
 from t2t.layers import TokenPerformer, TokenTransformer, init_weights, sinusoid_table
 from t2t.registry import build_model
 from t2t.t2t_vit import SoftSplit, T2TViT
@@ -54,6 +61,14 @@ IMAGE_STEP = 16
 # "Try it" runs a model here: refused above these (a class shares the server; numbers, not a hang)
 TRY_MAX_GMACS = 20.0
 TRY_MAX_MAP_MB = 256.0  # one attention map formed whole: a softmax T2T layer's, or the trace's backbone maps
+# the page's session-state keys (links.PAGE_PARAMS["sandbox"]: k0 s0 p0 ... size try): kernel, stride, padding
+SPLIT_KEYS = tuple(tuple(f"sb_{what}{i}" for what in "ksp") for i in range(3))
+SIZE_KEY, TRY_KEY = "sb_size", "sb_try"
+DEFAULT_MODEL = "t2t_vit_7"  # the architecture built when the sidebar's T2T-ViT is not a registry T2T-ViT
+DEFAULT_PATCH = 16  # ViT's patch side when the sidebar's ViT has no patch embedding
+# "Try it": the trace steps shown (each step's grid, shape and token lengths)
+TRACE_STEPS = ("t2t.split0", "t2t.attn1", "t2t.split1", "t2t.attn2", "t2t.split2", "t2t.project")
+TRACE_TITLES = tuple(f"{name}: token length" for name in TRACE_STEPS)
 
 
 @dataclass(frozen=True)
@@ -308,6 +323,122 @@ def random_model(name: str, splits: Splits, img_size: int, seed: int = 0) -> T2T
         torch.manual_seed(seed)
         model = build(name, splits, img_size, "cpu")
     return model.eval()
+
+
+# ----------------------------------------------------------------------------------------------
+# The page's view: its controls' values, and what its figures and numbers are computed from
+# ----------------------------------------------------------------------------------------------
+
+
+def model_name(name: str) -> str:
+    """The architecture the sandbox builds: the sidebar's T2T-ViT `name` when it is a registry T2T-ViT, else
+    `DEFAULT_MODEL`."""
+    return name if name in t2t.list_models("t2t") else DEFAULT_MODEL
+
+
+def default_size(img_size: int) -> int:
+    """The image side the controls start from: the T2T-ViT's own `img_size`, rounded down to the side control's
+    step and kept within its range."""
+    lo, hi = IMAGE
+    return min(hi, max(lo, img_size // IMAGE_STEP * IMAGE_STEP))
+
+
+def vit_patch(model: nn.Module) -> int:
+    """Side in pixels of the ViT's patches (`DEFAULT_PATCH` for a model without a patch embedding)."""
+    return int(getattr(getattr(model, "patch_embed", None), "patch_size", DEFAULT_PATCH))
+
+
+def clamped(state: Mapping[str, Any], size: int) -> dict[str, int]:
+    """The controls' session-state values for `state` (a session's, or a tour step's): the paper's splits and
+    the side `size` for the keys not set, the values set (by a link or an older run) kept within the controls'
+    ranges, the side on the control's step. The page writes them into its session state before drawing the
+    controls; `state` is not changed."""
+    ranges = (KERNEL, STRIDE, PADDING)
+    out: dict[str, int] = {}
+    for keys, split in zip(SPLIT_KEYS, PAPER, strict=True):
+        for key, default, (lo, hi) in zip(keys, split, ranges, strict=True):
+            out[key] = min(hi, max(lo, int(state.get(key, default))))
+    lo, hi = IMAGE
+    side = int(state.get(SIZE_KEY, size))
+    out[SIZE_KEY] = min(hi, max(lo, lo + (side - lo) // IMAGE_STEP * IMAGE_STEP))
+    return out
+
+
+def paper_values(size: int) -> dict[str, int]:
+    """Session-state values of the paper's choice at `size` px (the page's button sets them)."""
+    values = {key: v for keys, split in zip(SPLIT_KEYS, PAPER, strict=True) for key, v in zip(keys, split, strict=True)}
+    return {**values, SIZE_KEY: size}
+
+
+@dataclass(frozen=True)
+class View:
+    """What the page shows for one configuration: the architecture built (`name`), ViT's patch side (`patch`),
+    the configuration (`box`) and the paper's splits at the same image size (`paper`)."""
+
+    name: str
+    patch: int
+    box: Sandbox
+    paper: Sandbox
+
+    @property
+    def cost(self) -> tuple[int, int]:
+        """(parameters, MACs) of `name` built with this configuration (`model_cost`; raises without a token)."""
+        return model_cost(self.name, self.box.splits, self.box.img_size)
+
+    @property
+    def paper_cost(self) -> tuple[int, int]:
+        """(parameters, MACs) of `name` with the paper's splits at the same image size."""
+        return model_cost(self.name, self.paper.splits, self.paper.img_size)
+
+    @property
+    def vit_grid(self) -> int:
+        """Side of ViT's grid of hard patches on this image side (nn.Conv2d's stride = kernel = patch)."""
+        return (self.box.img_size - self.patch) // self.patch + 1
+
+
+def make_view(name: str, patch: int, splits: Sequence[Sequence[int]], img_size: int) -> View:
+    """The `View` of `splits` at `img_size` for architecture `name` and ViT patch side `patch`."""
+    return View(name, patch, analyse(splits, img_size), analyse(PAPER, img_size))
+
+
+def page_view(state: Mapping[str, Any], lm: Any, vm: Any) -> View:
+    """The page's view for session state `state` (a tour step's parameters; missing ones take the page's
+    defaults) with the sidebar's T2T-ViT `lm` and ViT `vm` (app.models.LoadedModel): the architecture of `lm`
+    (`model_name`), the controls' values `clamped` from `default_size(lm.img_size)`, ViT's patch of `vm`."""
+    values = clamped(state, default_size(lm.img_size))
+    splits = tuple(tuple(values[key] for key in keys) for keys in SPLIT_KEYS)
+    return make_view(model_name(lm.name), vit_patch(vm.model), splits, values[SIZE_KEY])
+
+
+def backbone_centre(box: Sandbox) -> tuple[float, float]:
+    """(y, x) in pixels: the centre of the window of the backbone token in the middle of its grid (where the
+    ViT figure marks the patch to compare with)."""
+    top, left, bottom, right = token_box(box, 2, (box.backbone.grid // 2, box.backbone.grid // 2))
+    return (top + bottom) / 2, (left + right) / 2
+
+
+@memo
+def input_steps(model_key: str, image_key: str, size: int, _lm: Any, _img: Any) -> PreprocessSteps:
+    """The image `_img` (PIL) at `size` px with the T2T-ViT `_lm`'s own transform (its mean, std and crop);
+    cached under the model's and image's keys."""
+    return preprocess_steps(_img, _lm.cfg["mean"], _lm.cfg["std"], size, _lm.crop_pct)
+
+
+def image_uri(model_key: str, image_key: str, size: int, steps: PreprocessSteps) -> str:
+    """PNG data URI of the cropped image of `input_steps` (cached under the same keys): the figures' picture."""
+    return figures.cached_png_uri(f"{model_key}|{image_key}|{size}", np.asarray(steps.cropped))
+
+
+@memo
+def tried(name: str, splits: Splits, size: int, model_key: str, image_key: str, _x: torch.Tensor) -> dict:
+    """"Try it": one forward of `random_model(name, splits, size)` on the image `_x` (1, 3, size, size): each of
+    `TRACE_STEPS`' grid, shape and token lengths (h, w) from the trace, the backbone's grid and the logits' size."""
+    model = random_model(name, splits, size)
+    with torch.no_grad():
+        tr = t2t.trace(model, _x, attention=False)
+    return {"grids": [tuple(tr.grid(n)) for n in TRACE_STEPS], "shapes": [tuple(tr.shape(n)) for n in TRACE_STEPS],
+            "norms": [np.linalg.norm(figures.to_numpy(tr[n][0]), axis=1).reshape(tr.grid(n)) for n in TRACE_STEPS],
+            "blocks": tuple(tr.grid("blocks.0")), "classes": int(tr["logits"].shape[-1])}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ and a tour link always show the same view, whatever the student changed meanwhil
 image stay as the student chose them unless the tour sets them; the texts' numbers follow them.
 
 May import: app.links, app.widgets, app.access, app.compute, app.explanations, app.knockouts,
-app.mechanisms, app.models, streamlit, t2t, analysis.
+app.mechanisms, app.models, app.sandbox, streamlit, t2t, analysis.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import streamlit as st
@@ -42,6 +42,10 @@ import streamlit as st
 import t2t
 from app import links, widgets
 from app.compute import Context
+
+if TYPE_CHECKING:  # only for annotations: the fields import these modules when they are computed
+    from app.explanations import LrpMaps
+    from app.sandbox import Stage, View
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_LESSONS = Path("share", "t2t-lens", "lessons")  # where an installed package's tours are (pyproject.toml)
@@ -623,6 +627,8 @@ def _fields() -> dict[str, Field]:
     add("features.threshold", "the invalid-channel threshold (× the block's typical spread)", float,
         lambda v: v.threshold, "g")
     _decision_fields(add)
+    _lrp_fields(add)
+    _sandbox_fields(add)
     add("invalid.verdict", "the Feature richness page's verdict on the paper's claim (fewer invalid channels in "
         "T2T-ViT), over all blocks", str, _invalid_verdict)
     return f
@@ -678,6 +684,114 @@ def _decision_fields(add: Callable[..., None]) -> None:
     add("patch.second", "the second image of the step's pair, as the page names it", str, lambda v: v.second.label)
     add("patch.threshold", "the share from which a head counts as bringing the difference back", float,
         lambda v: m.HEAD_RECOVERS, ".0%")
+
+
+def _lrp(v: StepView, which: str) -> LrpMaps:
+    """The Explanations page's AttnLRP / CP-LRP relevance (`explanations.lrp_maps`, the page's cache entry) of the
+    step's LRP method (`_lrp_method`) for the model's predicted class (the class the page explains by default;
+    a tour cannot choose another)."""
+    from app.compute import probabilities
+    from app.explanations import lrp_maps
+
+    lm = v.role(which)
+    return lrp_maps(v.ctx, lm, _lrp_method(v), int(np.argmax(probabilities(v.ctx.trace(lm)))))
+
+
+def _lrp_method(v: StepView) -> str:
+    """The first of AttnLRP / CP-LRP among the step's methods (the page's order); AttnLRP when it shows neither."""
+    from app.explanations import LRP_METHODS
+
+    return next((m for m in v.state.get("exp_methods") or [] if m in LRP_METHODS), LRP_METHODS[0])
+
+
+def _lrp_gamma(v: StepView) -> float:
+    gamma = _lrp(v, "t2t").gamma
+    if gamma is None:
+        raise ValueError("the linear layers use the plain gradient here, not the Gamma rule")
+    return float(gamma)
+
+
+def _lrp_fields(add: Callable[..., None]) -> None:
+    """The Explanations page's AttnLRP / CP-LRP numbers: how much of the explained logit reaches the pixels."""
+    add("lrp.method", "the step's LRP method as the page names it: 'AttnLRP' or 'CP-LRP' (the first of the two among "
+        "the step's methods; AttnLRP when it shows neither)", str,
+        lambda v: {"attnlrp": "AttnLRP", "cp_lrp": "CP-LRP"}[_lrp_method(v)])
+    add("lrp.gamma", "the gamma of the Gamma rule its linear layers use", float, _lrp_gamma, "g")
+    for which, role in (("t2t", "T2T-ViT"), ("vit", "ViT")):
+        add(f"lrp.{which}.class", f"the class {role}'s map explains (its prediction)", str,
+            lambda v, w=which: v.role(w).class_names[_lrp(v, w).target])
+        add(f"lrp.{which}.logit", f"{role}'s logit of that class, which the method explains", float,
+            lambda v, w=which: _lrp(v, w).logit, ".2f")
+        add(f"lrp.{which}.total", f"the sum of {role}'s relevance at the pixels", float,
+            lambda v, w=which: _lrp(v, w).total, ".2f")
+        add(f"lrp.{which}.rest", f"what of {role}'s logit does not reach the pixels (logit − pixels' sum)", float,
+            lambda v, w=which: _lrp(v, w).logit - _lrp(v, w).total, ".2f")
+        add(f"lrp.{which}.conservation", f"the pixels' share of {role}'s logit (the page's conservation)", float,
+            lambda v, w=which: _lrp(v, w).conservation, ".1%")
+
+
+def _sandbox(v: StepView) -> View:
+    """The soft-split sandbox's view of the step (`sandbox.page_view`: its parameters, the page's defaults for the
+    others, clamped as the page clamps them), on the models in use."""
+    from app import sandbox
+
+    return sandbox.page_view(v.state, v.ctx.t2t, v.ctx.vit)
+
+
+def _sandbox_stage(v: StepView, index: int, paper: bool = False) -> Stage:
+    """Soft split `index` of the step's configuration (or of the paper's at the same image size); raises with
+    the page's message when a split before it gives no token."""
+    box = _sandbox(v).paper if paper else _sandbox(v).box
+    if index >= len(box.stages):
+        raise ValueError(" ".join(p.text for p in box.problems if p.level == "error"))
+    return box.stages[index]
+
+
+def _sandbox_attention(v: StepView, layer: int, paper: bool = False) -> int:
+    from app.sandbox import attention_cost
+
+    return attention_cost(_sandbox_stage(v, layer - 1, paper))
+
+
+def _sandbox_fields(add: Callable[..., None]) -> None:
+    """The soft-split sandbox's numbers for the step's configuration (app/sandbox.py), and the paper's splits at the
+    same image size."""
+    view = _sandbox  # the page's view of the step
+    add("sandbox.model", "the T2T-ViT the sandbox builds (the sidebar's)", str, lambda v: view(v).name)
+    add("sandbox.size", "the sandbox's image side in pixels", int, lambda v: view(v).box.img_size)
+    for i in (0, 1, 2):
+        for j, what in enumerate(("kernel", "stride", "padding")):
+            add(f"sandbox.split{i}.{what}", f"the {what} of the step's soft split {i}", int,
+                lambda v, i=i, j=j: view(v).box.splits[i][j])
+            add(f"sandbox.paper.split{i}.{what}", f"the {what} of the paper's soft split {i}", int,
+                lambda v, i=i, j=j: view(v).paper.splits[i][j])
+        add(f"sandbox.split{i}.tokens", f"tokens after the step's soft split {i}", int,
+            lambda v, i=i: _sandbox_stage(v, i).tokens, ",")
+        add(f"sandbox.paper.split{i}.tokens", f"tokens after the paper's soft split {i} at the same image side", int,
+            lambda v, i=i: _sandbox_stage(v, i, paper=True).tokens, ",")
+        add(f"sandbox.split{i}.grid", f"token grid of the step's soft split {i}, e.g. 111×111", str,
+            lambda v, i=i: "{0}×{0}".format(_sandbox_stage(v, i).grid))
+        add(f"sandbox.split{i}.field", f"pixels across the window a middle token of the step's soft split {i} is "
+            "made of", int, lambda v, i=i: _sandbox_stage(v, i).field)
+        add(f"sandbox.split{i}.overlap", f"pixels two neighbouring windows of the step's soft split {i} share "
+            "(negative: a gap)", int, lambda v, i=i: _sandbox_stage(v, i).overlap)
+    add("sandbox.vit.tokens", "ViT's hard patches on an image of the sandbox's side", int,
+        lambda v: view(v).vit_grid ** 2, ",")
+    for layer in (1, 2):
+        add(f"sandbox.attn{layer}.cost", f"multiply-adds of T2T attention {layer}'s scores in the step's configuration "
+            "(tokens² × width, the page's cost)", int, lambda v, n=layer: _sandbox_attention(v, n), ",")
+        add(f"sandbox.attn{layer}.ratio", f"that cost as a multiple of the paper's (T2T attention {layer})", float,
+            lambda v, n=layer: _sandbox_attention(v, n) / _sandbox_attention(v, n, paper=True), ".3g")
+    add("sandbox.params", "parameters of the sandbox's model with the step's configuration", int,
+        lambda v: view(v).cost[0], ",")
+    add("sandbox.paper.params", "parameters of the same model with the paper's splits at the same image side", int,
+        lambda v: view(v).paper_cost[0], ",")
+    add("sandbox.gmacs", "GMACs of one image through the sandbox's model with the step's configuration", float,
+        lambda v: view(v).cost[1] / 1e9, ".3f")
+    add("sandbox.paper.gmacs", "GMACs of the same model with the paper's splits at the same image side", float,
+        lambda v: view(v).paper_cost[1] / 1e9, ".3f")
+    add("sandbox.gmacs_ratio", "the step's GMACs as a multiple of the paper's", float,
+        lambda v: view(v).cost[1] / view(v).paper_cost[1], ".3g")
 
 
 def _patch_heads(v: StepView, which: str):

@@ -2,32 +2,28 @@
 splits and the image size, and see at once what they give: each stage's grid and token count, how much
 neighbouring windows share, the window of one backbone token beside a ViT patch, the T2T attention cost,
 the parameters and MACs of the sidebar's T2T-ViT built that way; "Try it" runs the current image through
-it (random weights). The computations and figures are app/sandbox.py; everything below the header is one
-`st.fragment`, so a control reruns this page's part only, not the sidebar.
+it (random weights). The computations and figures are app/sandbox.py, the view too (the controls' values
+clamped, the defaults, the image at the chosen size: what app/export.py draws for a tour step); everything below the
+header is one `st.fragment`, so a control reruns this page's part only, not the sidebar.
 """
 
 from __future__ import annotations
 
-import numpy as np
 import streamlit as st
-import torch
 
 import t2t
-from app import charts, compute, figures, jobs, links, sandbox, widgets
-from app.sandbox import PAPER
-from t2t.images import PreprocessSteps, preprocess_steps
+from app import charts, compute, links, sandbox, widgets
+from app.sandbox import PAPER, SIZE_KEY, SPLIT_KEYS, TRY_KEY
+from t2t.images import PreprocessSteps
 
 URL_PATH = "sandbox"  # this page's st.Page url_path (main.py) and links.PAGE_PARAMS entry
-SPLIT_KEYS = tuple(tuple(f"sb_{what}{i}" for what in "ksp") for i in range(3))  # kernel, stride, padding
-SIZE_KEY, TRY_KEY = "sb_size", "sb_try"
-STEPS = ("t2t.split0", "t2t.attn1", "t2t.split1", "t2t.attn2", "t2t.split2", "t2t.project")
 
 ctx = compute.context()
 lm, vm = ctx.t2t, ctx.vit
-NAME = lm.name if lm.name in t2t.list_models("t2t") else "t2t_vit_7"  # the architecture built: the sidebar's
+NAME = sandbox.model_name(lm.name)  # the architecture built: the sidebar's
 LO, HI = sandbox.IMAGE
-DEFAULT_SIZE = min(HI, max(LO, lm.img_size // sandbox.IMAGE_STEP * sandbox.IMAGE_STEP))
-PATCH = int(getattr(getattr(vm.model, "patch_embed", None), "patch_size", 16))
+DEFAULT_SIZE = sandbox.default_size(lm.img_size)
+PATCH = sandbox.vit_patch(vm.model)
 
 st.header("Soft-split sandbox")
 widgets.explain_text(
@@ -41,38 +37,10 @@ widgets.explain_text(
 )
 
 
-@jobs.memo
-def _input(model_key: str, image_key: str, size: int, _lm, _img) -> PreprocessSteps:
-    """The current image at `size` px with the T2T-ViT's own transform (its mean, std and crop)."""
-    return preprocess_steps(_img, _lm.cfg["mean"], _lm.cfg["std"], size, _lm.crop_pct)
-
-
-@jobs.memo
-def _tried(name: str, splits: sandbox.Splits, size: int, model_key: str, image_key: str, _x: torch.Tensor) -> dict:
-    """One forward of `sandbox.random_model(name, splits, size)` on the image: each T2T step's grid, shape
-    and token lengths (h, w) from the trace, and the logits' size."""
-    model = sandbox.random_model(name, splits, size)
-    with torch.no_grad():
-        tr = t2t.trace(model, _x, attention=False)
-    return {"grids": [tuple(tr.grid(n)) for n in STEPS], "shapes": [tuple(tr.shape(n)) for n in STEPS],
-            "norms": [np.linalg.norm(figures.to_numpy(tr[n][0]), axis=1).reshape(tr.grid(n)) for n in STEPS],
-            "blocks": tuple(tr.grid("blocks.0")), "classes": int(tr["logits"].shape[-1])}
-
-
-def paper_values(size: int) -> dict[str, int]:
-    """Session-state values of the paper's choice at `size` px (the button's on_click sets them)."""
-    values = {key: v for keys, split in zip(SPLIT_KEYS, PAPER, strict=True) for key, v in zip(keys, split, strict=True)}
-    return {**values, SIZE_KEY: size}
-
-
 def clamp_state() -> None:
-    """Defaults for controls not set yet; values from a link or an older run kept within the controls' ranges."""
-    ranges = (sandbox.KERNEL, sandbox.STRIDE, sandbox.PADDING)
-    for keys, split in zip(SPLIT_KEYS, PAPER, strict=True):
-        for key, default, (lo, hi) in zip(keys, split, ranges, strict=True):
-            st.session_state[key] = min(hi, max(lo, int(st.session_state.get(key, default))))
-    size = int(st.session_state.get(SIZE_KEY, DEFAULT_SIZE))
-    st.session_state[SIZE_KEY] = min(HI, max(LO, LO + (size - LO) // sandbox.IMAGE_STEP * sandbox.IMAGE_STEP))
+    """Defaults for controls not set yet; values from a link or an older run kept within the controls' ranges
+    (`sandbox.clamped`, which a tour step's lesson file computes too)."""
+    st.session_state.update(sandbox.clamped(st.session_state, DEFAULT_SIZE))
 
 
 def controls() -> tuple[sandbox.Splits, int]:
@@ -92,14 +60,15 @@ def controls() -> tuple[sandbox.Splits, int]:
     with columns[3]:
         st.markdown("**Image**")
         size = int(st.number_input("side (pixels)", LO, HI, step=sandbox.IMAGE_STEP, key=SIZE_KEY))
-        st.button("The paper's choice", on_click=st.session_state.update, args=(paper_values(DEFAULT_SIZE),),
+        st.button("The paper's choice", on_click=st.session_state.update, args=(sandbox.paper_values(DEFAULT_SIZE),),
                   help=f"7/4/2, 3/2/1, 3/2/1 on a {DEFAULT_SIZE} px image", key="sb_paper")
         st.caption(f"Built as **{NAME}** (the sidebar's T2T-ViT): {lm.model.embed_dim} wide, "
                    f"{len(lm.model.blocks)} blocks.")
     return tuple(splits), size  # type: ignore[return-value]
 
 
-def stage_table(box: sandbox.Sandbox) -> None:
+def stage_table(view: sandbox.View) -> None:
+    box = view.box
     head = ("| step | kernel / stride / padding | cuts | (n + 2p − k) / s + 1 | grid | tokens | numbers per token "
             "| window (px) | shared with a neighbour |\n|---|---|---|---|---|---|---|---|---|")
     rows = []
@@ -116,7 +85,7 @@ def stage_table(box: sandbox.Sandbox) -> None:
         rows.append(f"| soft split {st_.index}{paper} | {k} / {s} / {p} | {cuts} | {windows} | {st_.grid}×{st_.grid} "
                     f"| **{st_.tokens:,}** | {st_.width:,} | {st_.field}×{st_.field} | {shared} |")
     n = box.img_size
-    g = (n - PATCH) // PATCH + 1
+    g = view.vit_grid
     rows.append(f"| ViT hard split | {PATCH} / {PATCH} / 0 | {n}×{n} image | {(n - PATCH) / PATCH + 1:.6g} | "
                 f"{g}×{g} | **{g * g:,}** | {3 * PATCH * PATCH:,} | {PATCH}×{PATCH} | 0 px (0%) |")
     st.markdown(head + "\n" + "\n".join(rows))
@@ -134,11 +103,11 @@ def problems(box: sandbox.Sandbox) -> None:
                    "windows; nn.Unfold rounds it down. " + " ".join(infos))
 
 
-def costs(box: sandbox.Sandbox, paper: sandbox.Sandbox) -> tuple[int, int]:
+def costs(view: sandbox.View) -> tuple[int, int]:
     """Metrics: backbone tokens, parameters, GMACs, both T2T attention costs, each against the paper's splits
     at the same image size. Returns (parameters, MACs)."""
-    params, macs = sandbox.model_cost(NAME, box.splits, box.img_size)
-    p_params, p_macs = sandbox.model_cost(NAME, paper.splits, paper.img_size)
+    box, paper = view.box, view.paper
+    (params, macs), (p_params, p_macs) = view.cost, view.paper_cost
     same = box.is_paper
 
     def delta(now: float, then: float, text: str) -> str | None:
@@ -159,11 +128,10 @@ def costs(box: sandbox.Sandbox, paper: sandbox.Sandbox) -> tuple[int, int]:
     return params, macs
 
 
-def pictures(box: sandbox.Sandbox, uri: str) -> None:
+def pictures(view: sandbox.View, uri: str) -> None:
     """The windows of each stage on the image, two by two (four in a row were too small to read at 1280 px),
     the backbone token beside ViT's patch."""
-    centre_box = sandbox.token_box(box, 2, (box.backbone.grid // 2, box.backbone.grid // 2))
-    centre = ((centre_box[0] + centre_box[2]) / 2, (centre_box[1] + centre_box[3]) / 2)
+    box = view.box
     top, bottom = st.columns(2), st.columns(2)
     with top[0]:
         widgets.show(sandbox.window_figure(uri, box, 0), key="sb_window0")
@@ -172,7 +140,7 @@ def pictures(box: sandbox.Sandbox, uri: str) -> None:
     with bottom[0]:
         widgets.show(sandbox.window_figure(uri, box, 2), key="sb_window2")
     with bottom[1]:
-        widgets.show(sandbox.vit_figure(uri, box.img_size, PATCH, centre), key="sb_vit")
+        widgets.show(sandbox.vit_figure(uri, box.img_size, view.patch, sandbox.backbone_centre(box)), key="sb_vit")
     b = box.backbone
     st.caption(
         f"Red: the window of the token at the centre of each grid; dotted blue: its left and right neighbours'. "
@@ -208,21 +176,20 @@ def try_it(box: sandbox.Sandbox, steps: PreprocessSteps) -> None:
         st.warning(f"Not run: {why}. Make the grids smaller (larger strides or kernels, or a smaller image).")
         return
     with st.spinner("Building and running the model …"):
-        out = _tried(NAME, box.splits, box.img_size, lm.key, ctx.image.key, steps.tensor)
+        out = sandbox.tried(NAME, box.splits, box.img_size, lm.key, ctx.image.key, steps.tensor)
     st.warning(f"**Random weights.** {NAME} built with these soft splits has no trained weights (the released "
                "and project-trained ones fit the paper's splits only): the shapes and grids below are real, the "
                "values are those of random weights and mean nothing; its prediction is not shown.",
                icon=":material/casino:")
     rows = [f"| `{name}` | {g[0]}×{g[1]} | {shape[1]:,} | {shape[2]:,} |"
-            for name, g, shape in zip(STEPS, out["grids"], out["shapes"], strict=True)]
+            for name, g, shape in zip(sandbox.TRACE_STEPS, out["grids"], out["shapes"], strict=True)]
     st.markdown("| trace step | grid | tokens | numbers per token |\n|---|---|---|---|\n" + "\n".join(rows))
     computed = [(s.grid, s.grid) for s in box.stages for _ in (0, 1)]
     agree = list(out["grids"]) == computed
     st.caption(f"The trace's grids {'are' if agree else 'are NOT'} the ones computed above "
                f"({', '.join(f'{g[0]}×{g[1]}' for g in out['grids'][::2])}); the backbone's {len(lm.model.blocks)} "
                f"blocks work on {out['blocks'][0]}×{out['blocks'][1]} tokens plus the class token.")
-    widgets.show(charts.strip_figure(out["norms"], [f"{n}: token length" for n in STEPS], colorscale="Viridis"),
-                 key="sb_trace")
+    widgets.show(charts.strip_figure(out["norms"], list(sandbox.TRACE_TITLES), colorscale="Viridis"), key="sb_trace")
 
 
 def write_view_to_url() -> None:
@@ -237,18 +204,18 @@ def write_view_to_url() -> None:
 def sandbox_view() -> None:
     clamp_state()
     splits, size = controls()
-    box = sandbox.analyse(splits, size)
-    paper = sandbox.analyse(PAPER, size)
+    view = sandbox.make_view(NAME, PATCH, splits, size)  # what sandbox.page_view gives for this state
+    box, paper = view.box, view.paper
     problems(box)
-    stage_table(box)
+    stage_table(view)
     if not box.valid:
         st.info("Nothing more to show until every soft split gives at least one token.")
         write_view_to_url()
         return
-    costs(box, paper)
-    steps = _input(lm.key, ctx.image.key, size, lm, ctx.image.image)
-    uri = figures.cached_png_uri(f"{lm.key}|{ctx.image.key}|{size}", np.asarray(steps.cropped))
-    pictures(box, uri)
+    costs(view)
+    steps = sandbox.input_steps(lm.key, ctx.image.key, size, lm, ctx.image.image)
+    uri = sandbox.image_uri(lm.key, ctx.image.key, size, steps)
+    pictures(view, uri)
     left, right = st.columns([2, 3])
     with left:
         widgets.show(sandbox.cost_figure(box, paper), key="sb_cost")

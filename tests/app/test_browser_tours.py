@@ -4,7 +4,8 @@
   asked for, no script error, every step's text is there and every figure is drawn (an svg).
 - In the app at 1280x720 and 1920x1080: a tour link opens its step's page with the bar in view (and
   still in view when the page is scrolled), the figure the step is about framed and scrolled into view
-  below the bar; Next and Back change the step, its page and the address.
+  below the bar (the soft-split sandbox's too, drawn inside a fragment); Next and Back change the step,
+  its page and the address.
 
 Needs /usr/bin/chromium; skipped without it unless T2T_LENS_REQUIRE_BROWSER is set (tests/app/test_browser.py).
 """
@@ -122,6 +123,14 @@ def test_a_tour_in_the_app(browser, server: str, size: tuple[int, int]) -> None:
     page.goto(f"{server}/?tour=paper&step={number}")
     page.wait_for_url(re.compile(rf"/attention\?tour=paper&step={number}$"), timeout=RUN_TIMEOUT_MS)
     page.get_by_role("heading", name="Attention explorer").wait_for(timeout=RUN_TIMEOUT_MS)
+    settle(page)
+    no_exception(page)
+    framed(page, tour.steps[number - 1].look_at)
+    # a step on the sandbox page: its figures are drawn inside a fragment, framed all the same
+    number = next(s.number for s in tour.steps if s.page == "sandbox")
+    page.goto(f"{server}/?tour=paper&step={number}")
+    page.wait_for_url(re.compile(rf"/sandbox\?tour=paper&step={number}$"), timeout=RUN_TIMEOUT_MS)
+    page.get_by_role("heading", name="Soft-split sandbox").wait_for(timeout=RUN_TIMEOUT_MS)
     settle(page)
     no_exception(page)
     framed(page, tour.steps[number - 1].look_at)

@@ -382,3 +382,88 @@ def test_every_figure_a_page_can_frame_is_in_the_lesson_or_said_why() -> None:
     assert not set(export.FIGURES) - keys, "builders of figures no page draws (a key renamed on its page?)"
     for pattern in export.NOT_IN_LESSONS:
         assert any(re.fullmatch(pattern, k) for k in keys), f"NOT_IN_LESSONS names no page's figure: {pattern}"
+
+
+# ----------------------------------------------------------------------------------------------
+# The soft-split sandbox: its view computed from a step's parameters, as its page computes it
+# ----------------------------------------------------------------------------------------------
+
+SANDBOX = '''title = "Soft splits"
+[[step]]
+page = "sandbox"
+params = { s0 = 2, k2 = 5, size = 160, try = true }
+look_at = "sb_cost"
+text = "Stride {sandbox.split0.stride}. The cost, {sandbox.attn1.ratio} times."
+[[step]]
+page = "sandbox"
+params = { s0 = 2, k2 = 5, size = 160 }
+look_at = "sb_window2"
+text = "A window of {sandbox.split2.field} pixels. Beside a patch."
+[[step]]
+page = "sandbox"
+params = { k1 = 15, s0 = 8, size = 32 }
+text = "No token: {sandbox.split2.tokens}. Nothing drawn."
+'''
+
+
+@pytest.fixture(scope="module")
+def sandbox_tour(tmp_path_factory: pytest.TempPathFactory) -> tours.Tour:
+    folder = tmp_path_factory.mktemp("sandbox")
+    (folder / "sandbox.toml").write_text(SANDBOX, encoding="utf-8")
+    return tours.load_tours([folder]).tours["sandbox"]
+
+
+def test_the_sandbox_figures_are_the_pages_for_a_steps_parameters(sandbox_tour: tours.Tour, ctx: Context) -> None:
+    """The sandbox page run by AppTest with a step's values, and the lesson's builders on the same step: the same
+    figures, trace for trace (images included), layout for layout."""
+    from plotly.utils import PlotlyJSONEncoder
+    from streamlit.testing.v1 import AppTest
+
+    from app import widgets
+    from app.compute import CTX_KEY
+
+    state = tours.step_state(sandbox_tour.steps[0])
+    at = AppTest.from_file(str(VIEWS / "7_soft_split_sandbox.py"), default_timeout=120)
+    at.session_state[CTX_KEY] = ctx
+    for key, value in state.items():
+        at.session_state[key] = value
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    drawn = {el.proto.id.split("-", 2)[-1]: json.loads(el.proto.spec) for el in at.get("plotly_chart")}
+    assert set(drawn) == {"sb_window0", "sb_window1", "sb_window2", "sb_vit", "sb_cost", "sb_trace"}
+    view = tours.StepView(ctx, state)
+    for key, page_spec in drawn.items():
+        ours = json.loads(json.dumps(widgets.styled_spec(export.FIGURES[key](view).to_dict()), cls=PlotlyJSONEncoder))
+        assert ours["data"] == page_spec["data"], key
+        assert {k: v for k, v in ours["layout"].items() if k != "template"} == \
+            {k: v for k, v in page_spec["layout"].items() if k != "template"}, key
+
+
+def test_the_sandbox_steps_in_the_lesson(sandbox_tour: tours.Tour, ctx: Context) -> None:
+    """The cost bars are tokens² × the T2T width of nn.Unfold's grids (`t2t.tokens.grid_after`) for the step's
+    splits and the paper's; the windows' figure is the configuration's; "Try it" only where the step turns it on;
+    a configuration without a token draws nothing, as the page."""
+    from t2t.tokens import SOFT_SPLITS, grid_after
+
+    page = export.lesson_html(sandbox_tour, ctx)
+    first, second, third = sandbox_tour.steps
+    assert export.step_figures(first) == ["sb_cost", "sb_window0"]
+    assert export.step_figures(second) == ["sb_window2", "sb_vit"]
+    assert export.step_figures(third) == [export.PAGE_FIGURES["sandbox"], "sb_window1"]
+    width = ctx.t2t.model.tokens_to_token.attention1.emb
+    costs = {}
+    for name, splits in (("this choice", ((7, 2, 2), (3, 2, 1), (5, 2, 1))), ("paper", SOFT_SPLITS)):
+        side, costs[name] = 160, []
+        for k, s, p in splits[:2]:
+            side = grid_after(side, k, s, p)
+            costs[name].append(side ** 4 * width)
+    bars = {t["name"].split(" ")[0]: list(array(t["y"])) for t in figure_json(page, "sb_cost")["data"]}
+    assert bars == {"this": costs["this choice"], "paper": costs["paper"]}
+    window = figure_json(page, "sb_window0")
+    assert title(window).startswith("Soft split 0: 79×79 tokens 7×7 px windows, 5 px (71%) shared")  # (160+4-7)//2+1
+    view = tours.StepView(ctx, tours.step_state(first))
+    assert export.FIGURES["sb_trace"](view) is not None
+    assert export.FIGURES["sb_trace"](tours.StepView(ctx, tours.step_state(second))) is None  # not turned on
+    section = page.split('id="step-3"', 1)[1]
+    assert 'data-key="' not in section.split("</section>", 1)[0]
+    assert "no token at all" in section.split("</section>", 1)[0]

@@ -219,6 +219,43 @@ def metric(at: AppTest, label: str) -> str:
     return next(m.value for m in at.metric if m.label.startswith(label))
 
 
+def test_the_view_of_a_state_is_the_controls_defaults_and_ranges() -> None:
+    """`clamped`: the paper's splits and the model's side (on the control's step) by default; a link's values kept
+    within the controls' ranges; `page_view` builds the sidebar's architecture (T2T-ViT-7 for a model that is not
+    a registry T2T-ViT) and reads ViT's patch."""
+    defaults = sandbox.clamped({}, sandbox.default_size(224))
+    assert [defaults[k] for keys in sandbox.SPLIT_KEYS for k in keys] == [v for split in PAPER for v in split]
+    assert defaults[sandbox.SIZE_KEY] == 224 and sandbox.default_size(300) == 288 and sandbox.default_size(9999) == 512
+    state = {"sb_k0": 99, "sb_s1": 0, "sb_p2": -3, "sb_size": 100}
+    out = sandbox.clamped(state, 224)
+    assert (out["sb_k0"], out["sb_s1"], out["sb_p2"], out["sb_size"]) == (15, 1, 0, 96)  # 32 + 64: the step of 16
+    assert state == {"sb_k0": 99, "sb_s1": 0, "sb_p2": -3, "sb_size": 100}  # not changed
+    t2t_model, vit_model = embedded_pair()
+    view = sandbox.page_view({"sb_s0": 2}, t2t_model, vit_model)
+    assert view.name == "t2t_vit_7" and view.patch == 16 and view.vit_grid == 14
+    assert view.box.splits == ((7, 2, 2), (3, 2, 1), (3, 2, 1)) and view.paper.is_paper
+    assert sandbox.model_name("deit_tiny_patch16_224") == sandbox.DEFAULT_MODEL
+
+
+def test_page_writes_the_clamped_view_and_draws_from_it() -> None:
+    """A link's values out of range: the page's controls hold what `sandbox.clamped` gives, its numbers are those of
+    `sandbox.page_view` of the same state (what a lesson file draws for a tour step)."""
+    models = embedded_pair()
+    at = AppTest.from_file(PAGE, default_timeout=120)
+    at.session_state[CTX_KEY] = Context(models[0], models[1], default_image(), "cpu")
+    link = {"sb_s0": 2, "sb_k2": 40, "sb_size": 200}
+    for key, value in link.items():
+        at.session_state[key] = value
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    expected = sandbox.clamped(link, sandbox.default_size(models[0].img_size))
+    assert {k: at.session_state[k] for k in expected} == expected
+    assert [at.number_input(key=k).value for k in expected] == list(expected.values())
+    view = sandbox.page_view(link, *models)
+    assert metric(at, "Backbone tokens") == f"{view.box.backbone.tokens:,}"
+    assert metric(at, "GMACs") == f"{view.cost[1] / 1e9:.3f}"
+
+
 def test_page_shows_the_papers_choice_and_the_registrys_numbers() -> None:
     at = page()
     assert [h.value for h in at.header] == ["Soft-split sandbox"]

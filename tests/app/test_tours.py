@@ -35,6 +35,7 @@ HEADERS = {  # page url path -> the page's header
     "classify": "Classify",
     "knockouts": "Knock-outs: switch parts off and watch",
     "decision": "Inside the decision: how the answer is built",
+    "sandbox": "Soft-split sandbox",
 }
 GOOD = '''title = "A small tour"
 [[step]]
@@ -70,10 +71,17 @@ def test_the_shipped_tours_load_and_the_paper_tour_tells_the_story() -> None:
     loaded = tours.load_tours()
     assert loaded.problems == []
     paper = loaded.tours["paper"]
-    assert 10 <= len(paper.steps) <= 16
+    assert 10 <= len(paper.steps) <= 20
     pages = [s.page for s in paper.steps]
-    for page in ("tokens", "attention", "explanations", "features", "knockouts"):
+    for page in ("tokens", "attention", "explanations", "features", "knockouts", "sandbox"):
         assert page in pages
+    # AttnLRP right after the rollout; the sandbox next to the token counts
+    looks = [s.look_at for s in paper.steps]
+    assert looks.index("exp_attnlrp_T2T-ViT") == looks.index("exp_rollout_T2T-ViT") + 1
+    assert tours.step_state(paper.steps[looks.index("exp_attnlrp_T2T-ViT")])["exp_methods"] == ["attnlrp"]
+    sandbox_step = pages.index("sandbox")
+    assert abs(sandbox_step - looks.index("pick_split2")) <= 2
+    assert tours.step_state(paper.steps[sandbox_step]) == {"sb_s0": 2}
     for tour in loaded.tours.values():
         for step in tour.steps:
             assert step.look_at in export.FIGURES, (tour.name, step.number, step.look_at)  # drawn in the lesson too
@@ -252,6 +260,83 @@ def test_rollout_invalid_channel_and_knockout_fields_equal_the_library(ctx: Cont
     assert field(ctx, "knockout.vit.class", **state) == lm.class_names[c]
     assert field(ctx, "knockout.vit.before", **state) == pytest.approx(float(before[c]), abs=1e-5)
     assert field(ctx, "knockout.vit.after", **state) == pytest.approx(float(after[c]), abs=1e-5)
+
+
+def test_lrp_fields_equal_the_library(ctx: Context) -> None:
+    """T2T-ViT's AttnLRP numbers as analysis.lrp computes them afresh for the predicted class (what the page
+    explains); each model's share is its pixels' sum over its logit; the method is the step's."""
+    from analysis.lrp import lrp
+
+    lm = ctx.t2t
+    rel = lrp(lm.model, ctx.inputs(lm))  # the predicted class, the default gamma
+    logit, total = float(rel.logit[0]), float(rel.pixels[0].sum())
+    assert field(ctx, "lrp.t2t.class") == lm.class_names[int(rel.target[0])]
+    assert field(ctx, "lrp.t2t.logit") == pytest.approx(logit, rel=1e-4)
+    assert field(ctx, "lrp.t2t.total") == pytest.approx(total, rel=1e-3, abs=1e-4)
+    assert field(ctx, "lrp.t2t.conservation") == pytest.approx(float(rel.conservation[0]), rel=1e-3, abs=1e-4)
+    assert rel.gamma is not None and field(ctx, "lrp.gamma") == rel.gamma
+    for which in ("t2t", "vit"):
+        total, logit = field(ctx, f"lrp.{which}.total"), field(ctx, f"lrp.{which}.logit")
+        assert field(ctx, f"lrp.{which}.conservation") == pytest.approx(total / logit)
+        assert field(ctx, f"lrp.{which}.rest") == pytest.approx(logit - total)
+        assert field(ctx, f"lrp.{which}.conservation") != pytest.approx(1.0, abs=1e-3)  # the Gamma rule: not 100%
+    assert field(ctx, "lrp.method") == field(ctx, "lrp.method", exp_methods=["rollout", "attnlrp"]) == "AttnLRP"
+    assert field(ctx, "lrp.method", exp_methods=["rollout", "cp_lrp", "attnlrp"]) == "CP-LRP"
+
+
+def test_sandbox_fields_follow_the_steps_configuration(ctx: Context) -> None:
+    """Token counts from the soft-split arithmetic (`t2t.tokens.grid_after`, nn.Unfold's), the attention cost as
+    tokens² × the T2T width, parameters and MACs as `python -m t2t list` counts them; the paper's at the same side."""
+    from t2t.__main__ import count_gmacs, count_params
+    from t2t.tokens import grid_after
+
+    state = {"sb_s0": 2, "sb_k2": 5, "sb_p2": 2}
+    splits = ((7, 2, 2), (3, 2, 1), (5, 2, 2))
+    side = ctx.t2t.img_size
+    grids, paper = [], []
+    g, q = side, side
+    for (k, s, p), (pk, ps, pp) in zip(splits, t2t.tokens.SOFT_SPLITS, strict=True):
+        g, q = grid_after(g, k, s, p), grid_after(q, pk, ps, pp)
+        grids.append(g)
+        paper.append(q)
+    for i in range(3):
+        assert [field(ctx, f"sandbox.split{i}.{w}", **state) for w in ("kernel", "stride", "padding")] == \
+            list(splits[i])
+        assert [field(ctx, f"sandbox.paper.split{i}.{w}", **state) for w in ("kernel", "stride", "padding")] == \
+            list(t2t.tokens.SOFT_SPLITS[i])
+        assert field(ctx, f"sandbox.split{i}.tokens", **state) == grids[i] ** 2
+        assert field(ctx, f"sandbox.split{i}.grid", **state) == f"{grids[i]}×{grids[i]}"
+        assert field(ctx, f"sandbox.paper.split{i}.tokens", **state) == paper[i] ** 2
+    assert field(ctx, "sandbox.split0.field", **state) == 7 and field(ctx, "sandbox.split0.overlap", **state) == 5
+    assert field(ctx, "sandbox.split1.field", **state) == 7 + 2 * 2  # field + (k - 1) jump
+    width = ctx.t2t.model.tokens_to_token.attention1.emb  # the T2T layers' width (64)
+    assert field(ctx, "sandbox.attn1.cost", **state) == grids[0] ** 4 * width
+    assert field(ctx, "sandbox.attn2.ratio", **state) == pytest.approx((grids[1] / paper[1]) ** 4)
+    p = ctx.vit.model.patch_embed.patch_size
+    assert field(ctx, "sandbox.vit.tokens", **state) == (side // p) ** 2
+    assert (field(ctx, "sandbox.model"), field(ctx, "sandbox.size")) == (ctx.t2t.name, side)
+    # the paper's choice: the registry's own counts; the step's: fewer parameters only where the position table grows
+    assert field(ctx, "sandbox.paper.params", **state) == count_params(ctx.t2t.name)
+    assert field(ctx, "sandbox.paper.gmacs", **state) == pytest.approx(count_gmacs(ctx.t2t.name), rel=1e-12)
+    assert field(ctx, "sandbox.gmacs_ratio", **state) == pytest.approx(
+        field(ctx, "sandbox.gmacs", **state) / field(ctx, "sandbox.paper.gmacs", **state), rel=1e-6)
+    assert field(ctx, "sandbox.gmacs", **state) > field(ctx, "sandbox.paper.gmacs", **state)
+    # clamped as the page clamps (a stride past the control's range), and a configuration without a token is said
+    assert field(ctx, "sandbox.split0.stride", sb_s0=99) == 8
+    text, problems = tours.fill("{sandbox.split2.tokens} tokens.", tours.StepView(ctx, {"sb_k1": 15, "sb_s0": 8,
+                                                                                        "sb_size": 32}))
+    assert text == "? tokens." and "no token at all" in problems[0]
+
+
+def test_every_lrp_and_sandbox_field_computes_for_both_embedded_models(ctx: Context) -> None:
+    """Each `lrp.*` and `sandbox.*` field, the T2T-ViT's and the ViT's, computes on the embedded pair (no "?"), for
+    the page's defaults and for another configuration."""
+    names = [n for n in tours.FIELDS if n.startswith(("lrp.", "sandbox."))]
+    assert {"lrp.t2t.conservation", "lrp.vit.conservation", "sandbox.split0.tokens", "sandbox.gmacs"} <= set(names)
+    for state in ({}, {"sb_k0": 5, "sb_s0": 3, "sb_p2": 0, "sb_size": 160}):
+        text, problems = tours.fill(" ".join("{" + n + "}" for n in names), tours.StepView(ctx, state))
+        assert problems == [], problems
+        assert "?" not in text.split()  # None or a non-finite number shows as "?"
 
 
 def test_fill_formats_each_field_and_marks_what_cannot_be_computed(ctx: Context, monkeypatch) -> None:

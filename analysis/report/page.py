@@ -14,7 +14,8 @@ STYLE = ("body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}table{bo
          "margin:.5em 0}td,th{border:1px solid #ccc;padding:4px 6px;vertical-align:top;font-size:13px}"
          "th{background:#f4f4f4}img{margin:1px}.cmd code{font-size:12px;word-break:break-all}"
          "figure{margin:1em 0}figure img{max-width:100%}figcaption{font-size:13px;color:#555}"
-         ".map{display:inline-block;vertical-align:top;text-align:center;font-size:11px;margin:0 2px}.warn{color:#b00020;font-weight:600}")
+         ".map{display:inline-block;vertical-align:top;text-align:center;font-size:11px;margin:0 2px}"
+         ".warn{color:#b00020;font-weight:600}")
 
 
 def image_src(out: Path, rel: str, embed: bool) -> str:

@@ -1,7 +1,7 @@
 """Plotly charts: mosaics of small maps (channels of a block, blocks x heads) and data charts
 (top-k bars, metrics across depth, one dot per head, a block x block matrix, a strip of maps).
 
-May import: app.figures (style, encoding, image figures), plotly, numpy. No Streamlit calls.
+May import: app.figures (style, encoding, image figures, specs), plotly, numpy. No Streamlit calls.
 """
 
 from __future__ import annotations
@@ -17,9 +17,12 @@ from app.figures import (
     FONT,
     GRID,
     Box,
+    Spec,
     add_boxes,
+    add_trace,
     colorize,
-    image_figure,
+    image_spec,
+    merge_layout,
     png_uri,
     scale,
     upscale,
@@ -52,13 +55,19 @@ def mosaic(maps: np.ndarray, ncols: int, normalize: bool = True, pad: int = 1) -
     return out
 
 
-def mosaic_figure(maps: np.ndarray, ncols: int, *, labels: Sequence[str] | None = None,
-                  marked: Sequence[int] = (), cmap: str = "gray", height: int = 420,
-                  title: str | None = None, normalize: bool = True, pickable: bool = False,
-                  hover_names: Sequence[str] | None = None, mark_color: str = "#ff1744",
-                  highlight: int | None = None, uri: str | None = None, row_labels: Sequence[str] = (),
-                  col_labels: Sequence[str] = ()) -> go.Figure:
-    """A grid of small maps drawn as one image: channels of a block, or heads x blocks.
+def mosaic_figure(maps: np.ndarray, ncols: int, **options) -> go.Figure:
+    """`mosaic_spec` as a (validated) go.Figure."""
+    return go.Figure(mosaic_spec(maps, ncols, **options))
+
+
+def mosaic_spec(maps: np.ndarray, ncols: int, *, labels: Sequence[str] | None = None,
+                marked: Sequence[int] = (), cmap: str = "gray", height: int = 420,
+                title: str | None = None, normalize: bool = True, pickable: bool = False,
+                hover_names: Sequence[str] | None = None, mark_color: str = "#ff1744",
+                highlight: int | None = None, uri: str | None = None, row_labels: Sequence[str] = (),
+                col_labels: Sequence[str] = ()) -> Spec:
+    """A grid of small maps drawn as one image: channels of a block, or heads x blocks (a figure spec:
+    app/figures.py).
 
     `marked` tiles get a red frame (e.g. invalid channels), `highlight` a thick yellow one;
     `pickable` overlays a transparent scatter of tile centres whose customdata is the tile index.
@@ -68,16 +77,17 @@ def mosaic_figure(maps: np.ndarray, ncols: int, *, labels: Sequence[str] | None 
     n, h, w = maps.shape
     nrows = -(-n // ncols)
     size = (nrows * (h + 1) - 1, ncols * (w + 1) - 1)
-    fig = image_figure(uri or mosaic_uri(maps, ncols, normalize, cmap), size, height, title,
-                       pixel=1 / upscale_factor(size))
+    spec = image_spec(uri or mosaic_uri(maps, ncols, normalize, cmap), size, height, title,
+                      pixel=1 / upscale_factor(size))
+
     def tile(i: int, grow: float = 0.0) -> Box:
         r, c = divmod(i, ncols)
         return (r * (h + 1) - grow, c * (w + 1) - grow, r * (h + 1) + h + grow, c * (w + 1) + w + grow)
 
     if marked:
-        add_boxes(fig, [tile(i) for i in marked], mark_color, width=2.5, name="marked")
+        add_boxes(spec, [tile(i) for i in marked], mark_color, width=2.5, name="marked")
     if highlight is not None:
-        add_boxes(fig, [tile(highlight, 0.5)], "#ffd600", width=4, name="highlight")
+        add_boxes(spec, [tile(highlight, 0.5)], "#ffd600", width=4, name="highlight")
     annotations = []
     for i, text in enumerate(labels or []):
         if not text:
@@ -93,20 +103,22 @@ def mosaic_figure(maps: np.ndarray, ncols: int, *, labels: Sequence[str] | None 
         annotations.append({"x": c * (w + 1) + w / 2, "y": -0.5, "text": text, "showarrow": False,
                             "yanchor": "bottom", "font": {"size": 14}})
     if row_labels or col_labels:  # annotations outside the axis ranges are hidden: widen the ranges
-        fig.update_xaxes(range=[-1.4 * w if row_labels else 0, size[1]])
-        fig.update_yaxes(range=[size[0], -0.6 * h if col_labels else 0])
+        merge_layout(spec, {"xaxis": {"range": [-1.4 * w if row_labels else 0, size[1]]},
+                            "yaxis": {"range": [size[0], -0.6 * h if col_labels else 0]}})
     if pickable:
         idx = np.arange(n)
         rr, cc = np.divmod(idx, ncols)
         names = list(hover_names) if hover_names else [str(i) for i in idx]
-        fig.add_trace(go.Scatter(
-            x=cc * (w + 1) + w / 2, y=rr * (h + 1) + h / 2, mode="markers",
-            marker={"size": max(10.0, 0.8 * height / nrows), "color": "rgba(255,255,255,0.01)", "symbol": "square"},
-            selected={"marker": {"color": "rgba(255,255,255,0.01)"}}, unselected={"marker": {"opacity": 1}},
-            customdata=np.stack([idx, idx], axis=-1), text=names, hovertemplate="%{text}<extra></extra>",
-        ))
-    fig.update_layout(annotations=annotations)
-    return fig
+        add_trace(spec, {
+            "type": "scatter", "x": cc * (w + 1) + w / 2, "y": rr * (h + 1) + h / 2, "mode": "markers",
+            "marker": {"size": max(10.0, 0.8 * height / nrows), "color": "rgba(255,255,255,0.01)",
+                       "symbol": "square"},
+            "selected": {"marker": {"color": "rgba(255,255,255,0.01)"}}, "unselected": {"marker": {"opacity": 1}},
+            "customdata": np.stack([idx, idx], axis=-1), "text": names, "hovertemplate": "%{text}<extra></extra>",
+        })
+    if annotations:  # plotly leaves out an empty list
+        merge_layout(spec, {"annotations": annotations})
+    return spec
 
 
 def mosaic_uri(maps: np.ndarray, ncols: int, normalize: bool = True, cmap: str = "gray") -> str:

@@ -25,6 +25,7 @@ CONFIG: dict[str, object] = {
     "server.maxMessageSize": 200,
     "server.enableXsrfProtection": True,
     "browser.gatherUsageStats": False,
+    "runner.postScriptGC": False,
 }
 
 

@@ -3,7 +3,15 @@
 Owns: the style (colours, fonts, `scale` for colour scales), encoding pixels for the browser
 (`png_uri`, `colorize`, `upscale`, overlays, and their cached versions), `image_figure` and what is
 drawn over an image (heat maps of a token grid, boxes, the chosen token's ring, grid lines, the
-transparent token picker), and the geometry of grids (`cell_box`, `neighbours`, `scaled_index`).
+transparent token picker), the geometry of grids (`cell_box`, `neighbours`, `scaled_index`), and
+figure specs (`image_spec`, `spec_figure`, `merge_layout`).
+
+Figure specs: a figure can be built as plain dicts, `{"data": [trace dicts], "layout": {...}}`, already in
+the form plotly's validation gives (every `add_*` here takes a go.Figure or such a spec). Building a
+go.Figure validates every property and Streamlit's whole template (`image_figure`: ~8 ms, a copy as
+much again); a page that answers a widget move builds specs and `spec_figure` wraps one, unvalidated, in
+0.4 ms when it is drawn (issue 29). tests/app/test_figure_specs.py checks that validating the app's specs
+changes nothing.
 
 Coordinates: an image of H x W pixels is drawn so that pixel (y, x) covers [x, x + 1] x [y, y + 1],
 y pointing down; a token grid of h x w cells is stretched over the same extent, cell (r, c)
@@ -30,6 +38,8 @@ from torch import Tensor
 from app.jobs import memo
 
 Box = tuple[int, int, int, int]  # top, left, bottom, right (pixels, bottom/right exclusive)
+Spec = dict  # a figure as plain dicts, {"data": [trace dicts], "layout": {...}}, in plotly's validated form
+Fig = go.Figure | Spec  # what the `add_*` functions draw on
 
 
 PALETTE = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45", "#fabed4")
@@ -59,17 +69,22 @@ def scale(name: str) -> tuple[tuple[float, str], ...]:
                  for p, c in get_colorscale(name))
 
 
-def presentation(fig: go.Figure, factor: float = 1.3) -> None:
-    """Presentation mode: every text of a figure and its height `factor` times larger."""
-    fig.update_layout(font_size=round((fig.layout.font.size or 12) * factor),
-                      height=round((fig.layout.height or 420) * factor))
-    if fig.layout.title.text:
-        fig.update_layout(title_font_size=round((fig.layout.title.font.size or FONT["size"]) * factor))
-    for note in fig.layout.annotations or ():
-        note.font.size = round((note.font.size or FONT["size"]) * factor)
-    margin = fig.layout.margin  # room kept for legends and axis titles grows with their text
-    fig.update_layout(margin={side: round(getattr(margin, side) * factor) for side in "tblr"
-                              if getattr(margin, side) is not None})
+def presentation(layout: dict, factor: float = 1.3) -> dict:
+    """Presentation mode on a figure's layout (a dict, changed in place and returned): every text and the
+    height `factor` times larger, the margins kept for legends and axis titles with them."""
+    font = layout.setdefault("font", {})
+    font["size"] = round((font.get("size") or 12) * factor)
+    layout["height"] = round((layout.get("height") or 420) * factor)
+    title = layout.get("title") or {}
+    texts = ([title] if title.get("text") else []) + list(layout.get("annotations") or ())
+    for text in texts:
+        text_font = text.setdefault("font", {})
+        text_font["size"] = round((text_font.get("size") or FONT["size"]) * factor)
+    margin = layout.get("margin") or {}  # room kept for legends and axis titles grows with their text
+    for side in "tblr":
+        if margin.get(side) is not None:
+            margin[side] = round(margin[side] * factor)
+    return layout
 
 
 def png_config(filename: str) -> dict:
@@ -98,92 +113,154 @@ def cached_png_uri(key: str, _image: np.ndarray) -> str:
     return png_uri(_image)
 
 
-def image_figure(uri: str | None, size: tuple[int, int], height: int = 420, title: str | None = None,
-                 pixel: float = 1.0) -> go.Figure:
-    """A figure showing an image (data URI) over an extent of `size` (H, W) units, hidden axes, y down.
+def spec_figure(spec: Spec) -> go.Figure:
+    """A go.Figure of a spec, without plotly's validation (0.4 ms instead of ~8 ms for an image figure).
+
+    Only for a spec already in the form validation gives (the specs built here and in app/charts.py;
+    tests/app/test_figure_specs.py checks them): a figure built so validates nothing later either, so it
+    is made to be drawn (`widgets.show`), not edited. Streamlit's default template is added as by
+    go.Figure."""
+    return go.Figure(spec, _validate=False)
+
+
+def add_trace(fig: Fig, trace: dict) -> Fig:
+    """Append a trace (a dict with its "type") to a go.Figure (validated there) or a spec."""
+    if isinstance(fig, go.Figure):
+        fig.add_trace(trace)
+    else:
+        fig["data"].append(trace)
+    return fig
+
+
+def merge_layout(fig: Fig, update: dict) -> Fig:
+    """`fig.update_layout(update)` for a go.Figure or a spec: nested dicts are merged key by key (as plotly
+    merges compound properties), anything else (numbers, strings, lists such as annotations) replaced."""
+    if isinstance(fig, go.Figure):
+        fig.update_layout(update)
+    else:
+        _merge(fig["layout"], update)
+    return fig
+
+
+def _merge(into: dict, update: dict) -> None:
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
+
+
+def image_spec(uri: str | None, size: tuple[int, int], height: int = 420, title: str | None = None,
+               pixel: float = 1.0) -> Spec:
+    """The spec of a figure showing an image (data URI) over an extent of `size` (H, W) units, hidden axes,
+    y down (`image_figure` is this spec as a go.Figure).
 
     `pixel` is the size of one PNG pixel in those units (1 / factor for an enlarged image).
     """
     h, w = size
-    data = [go.Image(source=uri, x0=pixel / 2, y0=pixel / 2, dx=pixel, dy=pixel, hoverinfo="skip")] if uri else []
-    fig = go.Figure(data=data)
-    fig.update_layout(
-        height=height,
-        margin={"l": 0, "r": 0, "t": 36 if title else 4, "b": 0},
-        title={"text": title, "font": FONT, "x": 0.01, "y": 0.99} if title else None,
-        xaxis={"range": [0, w], "visible": False, "constrain": "domain"},
-        yaxis={"range": [h, 0], "visible": False, "scaleanchor": "x", "constrain": "domain"},
-        showlegend=False,
-        plot_bgcolor="rgba(0,0,0,0)",
-        font=FONT,
-    )
-    return fig
+    data = [{"type": "image", "source": uri, "x0": pixel / 2, "y0": pixel / 2, "dx": pixel, "dy": pixel,
+             "hoverinfo": "skip"}] if uri else []
+    layout = {
+        "height": height,
+        "margin": {"l": 0, "r": 0, "t": 36 if title else 4, "b": 0},
+        "xaxis": {"range": [0, w], "visible": False, "constrain": "domain"},
+        "yaxis": {"range": [h, 0], "visible": False, "scaleanchor": "x", "constrain": "domain"},
+        "showlegend": False,
+        "plot_bgcolor": "rgba(0,0,0,0)",
+        "font": dict(FONT),
+    }
+    if title:
+        layout["title"] = {"text": title, "font": dict(FONT), "x": 0.01, "y": 0.99}
+    return {"data": data, "layout": layout}
 
 
-def add_grid_heatmap(fig: go.Figure, values: np.ndarray, extent: tuple[int, int], *, colorscale: str = "Inferno",
+def image_figure(uri: str | None, size: tuple[int, int], height: int = 420, title: str | None = None,
+                 pixel: float = 1.0) -> go.Figure:
+    """A figure showing an image (data URI) over an extent of `size` (H, W) units, hidden axes, y down:
+    `image_spec` as a (validated) go.Figure."""
+    return go.Figure(image_spec(uri, size, height, title, pixel))
+
+
+def add_grid_heatmap(fig: Fig, values: np.ndarray, extent: tuple[int, int], *, colorscale: str = "Inferno",
                      opacity: float = 0.6, zmin: float | None = None, zmax: float | None = None,
-                     showscale: bool = True, colorbar_title: str = "", hover: str = "%{z:.3g}") -> go.Figure:
-    """Overlay an (h, w) grid of values stretched over an image extent (H, W)."""
+                     showscale: bool = True, colorbar_title: str = "", hover: str = "%{z:.3g}") -> Fig:
+    """Overlay an (h, w) grid of values stretched over an image extent (H, W).
+
+    The values go to the browser as float32 (half the bytes of float64; colours and 3-digit hovers are the
+    same)."""
     gh, gw = values.shape
     dy, dx = extent[0] / gh, extent[1] / gw
-    fig.add_trace(go.Heatmap(
-        z=values, x0=dx / 2, dx=dx, y0=dy / 2, dy=dy, opacity=opacity, colorscale=scale(colorscale), zmin=zmin,
-        zmax=zmax,
-        showscale=showscale, hovertemplate=hover + "<extra></extra>",
-        colorbar={"title": {"text": colorbar_title, "side": "right"}, "thickness": 12, "len": 0.8}
-        if showscale else None,
-    ))
-    return fig
+    trace = {"type": "heatmap", "z": _float32(values), "x0": dx / 2, "dx": dx, "y0": dy / 2, "dy": dy,
+             "opacity": opacity, "colorscale": scale(colorscale), "showscale": showscale,
+             "hovertemplate": hover + "<extra></extra>"}
+    trace.update({k: v for k, v in (("zmin", zmin), ("zmax", zmax)) if v is not None})
+    if showscale:
+        trace["colorbar"] = {"title": {"text": colorbar_title, "side": "right"}, "thickness": 12, "len": 0.8}
+    return add_trace(fig, trace)
 
 
-def add_log_heatmap(fig: go.Figure, ratio: np.ndarray, extent: tuple[int, int], unit: str,
-                    floor: float = 1e-2, opacity: float = 0.75) -> go.Figure:
+def add_log_heatmap(fig: Fig, ratio: np.ndarray, extent: tuple[int, int], unit: str,
+                    floor: float = 1e-2, opacity: float = 0.75) -> Fig:
     """Overlay positive values (e.g. attention relative to uniform) on a log10 colour scale.
 
     Attention is often very peaked: on a linear scale a few tokens take the whole range and the rest
     look alike. Values below `floor` share the lowest colour; ticks read 0.01×, 0.1×, 1×, 10×, ...
+    The values and the hovers' ratios go to the browser as float32 (as `add_grid_heatmap`).
     """
     z = np.log10(np.maximum(ratio, floor))
     top = max(1.0, float(np.ceil(z.max())))
     ticks = np.arange(np.log10(floor), top + 1e-9)
     gh, gw = ratio.shape
     dy, dx = extent[0] / gh, extent[1] / gw
-    fig.add_trace(go.Heatmap(
-        z=z, customdata=ratio, x0=dx / 2, dx=dx, y0=dy / 2, dy=dy, opacity=opacity, colorscale=scale("Inferno"),
-        zmin=float(np.log10(floor)), zmax=top, hovertemplate="%{customdata:.3g}" + unit + "<extra></extra>",
-        colorbar={"title": {"text": unit, "side": "right"}, "thickness": 12, "len": 0.8, "tickvals": ticks,
-                  "ticktext": [f"{10 ** t:g}×" for t in ticks]},
-    ))
-    return fig
+    return add_trace(fig, {
+        "type": "heatmap", "z": _float32(z), "customdata": _float32(ratio), "x0": dx / 2, "dx": dx, "y0": dy / 2,
+        "dy": dy, "opacity": opacity, "colorscale": scale("Inferno"), "zmin": float(np.log10(floor)),
+        "zmax": top, "hovertemplate": "%{customdata:.3g}" + unit + "<extra></extra>",
+        "colorbar": {"title": {"text": unit, "side": "right"}, "thickness": 12, "len": 0.8, "tickvals": ticks,
+                     "ticktext": [f"{10 ** t:g}×" for t in ticks]},
+    })
 
 
-def add_token_picker(fig: go.Figure, grid: tuple[int, int], extent: tuple[int, int], label: str = "token",
-                     height: int = 420) -> go.Figure:
+def _float32(values: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(values, dtype=np.float32)
+
+
+def add_token_picker(fig: Fig, grid: tuple[int, int], extent: tuple[int, int], label: str = "token",
+                     height: int = 420) -> Fig:
     """A transparent scatter of the token centres of a (h, w) grid: clicking one selects it.
 
     Each point's customdata is (row, col) on that grid; hover shows it with the flat index.
     `maxdisplayed: 1` draws one marker instead of all (3136 SVG paths on the 56 x 56 grid took
     ~0.3 s of the browser's main thread on each redraw): plotly finds the clicked point among all
     of its data (hover, then click-to-select), drawn or not, so every cell stays clickable.
+    The centres go as float32 (exact for the grids of 224 and 384 px images; 3136 points are 50 KB of
+    float64 sent with every figure), the (row, col, index) as the smallest integers plotly writes.
     """
+    return add_trace(fig, token_picker_trace(grid, extent, label, height))
+
+
+def token_picker_trace(grid: tuple[int, int], extent: tuple[int, int], label: str = "token",
+                       height: int = 420) -> dict:
+    """The trace `add_token_picker` adds."""
     gh, gw = grid
     rows, cols = np.mgrid[0:gh, 0:gw]
     dy, dx = extent[0] / gh, extent[1] / gw
-    size = max(5.0, 0.9 * height / max(gh, gw))
-    fig.add_trace(go.Scatter(
-        x=((cols + 0.5) * dx).ravel(), y=((rows + 0.5) * dy).ravel(), mode="markers",
-        marker={"size": size, "color": "rgba(255,255,255,0.01)", "symbol": "square", "maxdisplayed": 1},
-        selected={"marker": {"color": "rgba(255,255,255,0.01)"}},
-        unselected={"marker": {"opacity": 1}},
-        customdata=np.stack([rows.ravel(), cols.ravel(), (rows * gw + cols).ravel()], axis=-1),
-        hovertemplate=f"{label} (row %{{customdata[0]}}, col %{{customdata[1]}}) = #%{{customdata[2]}}<extra></extra>",
-        name="pick",
-    ))
-    return fig
+    return {
+        "type": "scatter", "x": ((cols + 0.5) * dx).ravel().astype(np.float32),
+        "y": ((rows + 0.5) * dy).ravel().astype(np.float32), "mode": "markers",
+        "marker": {"size": max(5.0, 0.9 * height / max(gh, gw)), "color": "rgba(255,255,255,0.01)",
+                   "symbol": "square", "maxdisplayed": 1},
+        "selected": {"marker": {"color": "rgba(255,255,255,0.01)"}},
+        "unselected": {"marker": {"opacity": 1}},
+        "customdata": np.stack([rows.ravel(), cols.ravel(), (rows * gw + cols).ravel()], axis=-1),
+        "hovertemplate": f"{label} (row %{{customdata[0]}}, col %{{customdata[1]}}) = #%{{customdata[2]}}"
+                         "<extra></extra>",
+        "name": "pick",
+    }
 
 
-def add_boxes(fig: go.Figure, boxes: Sequence[Box], color: str, width: float = 2.0, dash: str | None = None,
-              name: str = "boxes") -> go.Figure:
+def add_boxes(fig: Fig, boxes: Sequence[Box], color: str, width: float = 2.0, dash: str | None = None,
+              name: str = "boxes") -> Fig:
     """Rectangles (top, left, bottom, right) in image coordinates, as one line trace named `name`.
 
     One trace with None between rectangles, not layout shapes: plotly validates every shape on each
@@ -194,13 +271,12 @@ def add_boxes(fig: go.Figure, boxes: Sequence[Box], color: str, width: float = 2
     for top, left, bottom, right in boxes:
         xs += [left, right, right, left, left, None]
         ys += [top, top, bottom, bottom, top, None]
-    fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name=name, hoverinfo="skip", showlegend=False,
-                             line={"color": color, "width": width, "dash": dash or "solid"}))
-    return fig
+    return add_trace(fig, {"type": "scatter", "x": xs, "y": ys, "mode": "lines", "name": name, "hoverinfo": "skip",
+                           "showlegend": False, "line": {"color": color, "width": width, "dash": dash or "solid"}})
 
 
-def add_chosen(fig: go.Figure, box: Box, extent: tuple[int, int], height: int, color: str = CHOSEN,
-               name: str = "chosen") -> go.Figure:
+def add_chosen(fig: Fig, box: Box, extent: tuple[int, int], height: int, color: str = CHOSEN,
+               name: str = "chosen") -> Fig:
     """The chosen window or token: a thick box on a white halo, and a ring when the box is small on screen.
 
     A 7 px window of a 224 px image is ~13 px on a 420 px figure, too small to find at a glance from
@@ -212,15 +288,15 @@ def add_chosen(fig: go.Figure, box: Box, extent: tuple[int, int], height: int, c
     top, left, bottom, right = box
     on_screen = max(bottom - top, right - left) * height / max(extent)
     if on_screen < 48:
-        fig.add_trace(go.Scatter(x=[(left + right) / 2], y=[(top + bottom) / 2], mode="markers", name=name + "_ring",
-                                 hoverinfo="skip", showlegend=False,
-                                 marker={"symbol": "circle-open", "size": max(46.0, 2.2 * on_screen),
-                                         "color": color, "line": {"width": 4, "color": color}}))
+        add_trace(fig, {"type": "scatter", "x": [(left + right) / 2], "y": [(top + bottom) / 2], "mode": "markers",
+                        "name": name + "_ring", "hoverinfo": "skip", "showlegend": False,
+                        "marker": {"symbol": "circle-open", "size": max(46.0, 2.2 * on_screen), "color": color,
+                                   "line": {"width": 4, "color": color}}})
     return fig
 
 
-def add_grid_lines(fig: go.Figure, grid: tuple[int, int], extent: tuple[int, int], color: str = "white",
-                   width: float = 1.0) -> go.Figure:
+def add_grid_lines(fig: Fig, grid: tuple[int, int], extent: tuple[int, int], color: str = "white",
+                   width: float = 1.0) -> Fig:
     """The lines of a (h, w) grid over an image extent, as one line trace (fast for many lines)."""
     gh, gw = grid
     xs: list[float | None] = []
@@ -233,8 +309,8 @@ def add_grid_lines(fig: go.Figure, grid: tuple[int, int], extent: tuple[int, int
         x = c * extent[1] / gw
         xs += [x, x, None]
         ys += [0, extent[0], None]
-    fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line={"color": color, "width": width}, hoverinfo="skip"))
-    return fig
+    return add_trace(fig, {"type": "scatter", "x": xs, "y": ys, "mode": "lines",
+                           "line": {"color": color, "width": width}, "hoverinfo": "skip"})
 
 
 def cell_box(row: int, col: int, grid: tuple[int, int], extent: tuple[int, int]) -> Box:

@@ -2,7 +2,7 @@
 what the models know (outside-the-classes warnings, the class list).
 
 Owns: `show` (a figure with its own colours, a PNG download button, fixed axes, presentation
-mode; `styled` is that look without Streamlit, `shown_keys` the figures this run drew), the
+mode; `styled` / `styled_spec` are that look without Streamlit, `shown_keys` the figures this run drew), the
 on_select callbacks (`pick_callback`, `tile_callback`: module functions bound to plain values,
 never closures over a page, which Streamlit would keep alive for the session's life),
 `explain_text`, `domain_warning` / `domain_notice` / `class_list`.
@@ -18,55 +18,83 @@ Not app.compute (it takes a model and an image as they are; pages pass them).
 
 from __future__ import annotations
 
+import copy
 import functools
+import re
 from collections.abc import Callable, Sequence
 
 import plotly.graph_objects as go
 import streamlit as st
 
 import t2t
-from app.figures import FONT, TITLE_CHARS, png_config, presentation, wrap
+from app.figures import FONT, TITLE_CHARS, Spec, png_config, presentation, spec_figure, wrap
 
+AXIS = re.compile(r"[xy]axis\d+")  # the second, third ... axes of a figure with subplots
 SHOWN_KEY = "_t2t_lens_shown"  # the keys of the figures drawn in this session's current run (app/tours.py)
 
 
-def show(fig: go.Figure, key: str, on_select: Callable[[], None] | None = None, filename: str | None = None) -> None:
-    """Draw a figure with its own colours (Streamlit's chart theme would replace the colour scales);
-    with `on_select`, clicking a point of a picker calls it before the rerun.
+def show(fig: go.Figure | Spec, key: str, on_select: Callable[[], None] | None = None,
+         filename: str | None = None) -> None:
+    """Draw a figure (a go.Figure, or a spec of plain dicts: app/figures.py) with its own colours (Streamlit's
+    chart theme would replace the colour scales); with `on_select`, clicking a point of a picker calls it
+    before the rerun.
 
-    The figure is `styled` first (fixed axes, title above the plot, presentation mode). The toolbar holds
-    one button, "Download plot as a png" (2x scale, for slides), named `filename` (default: the key).
-    The key is noted for this run (`shown_keys`): a tour step frames the figure it is about."""
-    styled(fig, bool(st.session_state.get("present")))
-    st.session_state.setdefault(SHOWN_KEY, []).append(key)
-    st.plotly_chart(fig, key=key, theme=None, config=png_config(filename or key),
+    The figure is drawn `styled` (fixed axes, title above the plot, presentation mode); the caller's figure
+    or spec is left as it was. The toolbar holds one button, "Download plot as a png" (2x scale, for
+    slides), named `filename` (default: the key). The key is noted for this run (`shown_keys`): a tour step
+    frames the figure it is about.
+
+    Styling the spec and wrapping it unvalidated (`spec_figure`) costs well under a millisecond; styling a
+    go.Figure through plotly's own update calls cost ~5 ms a figure (issue 29: a widget move answers at once)."""
+    spec = styled_spec(fig.to_dict() if isinstance(fig, go.Figure) else fig, bool(st.session_state.get("present")))
+    shown = st.session_state.setdefault(SHOWN_KEY, [])
+    if key not in shown:  # a fragment's rerun skips main.py's new_run: the list must not grow with each move
+        shown.append(key)
+    st.plotly_chart(spec_figure(spec), key=key, theme=None, config=png_config(filename or key),
                     **({"on_select": on_select, "selection_mode": "points"} if on_select is not None else {}))
 
 
 def styled(fig: go.Figure, present: bool = False) -> go.Figure:
-    """A figure as the app shows it (in place; no Streamlit): axes fixed, so dragging selects nothing and zooms
-    nothing and double-clicking changes nothing (a figure can never be left zoomed or shrunk with no way
-    back; clicks still pick points); a long title wrapped and hung under the toolbar's row; with `present`,
-    presentation mode's larger text. Used by `show` and by the lessons to take home (app/export.py).
+    """A figure as the app shows it (in place; no Streamlit): `styled_spec`'s layout set on the go.Figure.
+    Used by the lessons to take home (app/export.py); `show` styles a spec of the figure instead."""
+    layout = styled_spec(fig.to_dict(), present)["layout"]
+    layout.pop("template", None)  # unchanged, and assigning one costs ~20 ms of plotly validation
+    fig.update_layout(layout)
+    return fig
+
+
+def styled_spec(spec: Spec, present: bool = False) -> Spec:
+    """A spec as the app shows it (no Streamlit): a new spec with the same traces and a styled copy of the
+    layout. Axes fixed, so dragging selects nothing and zooms nothing and double-clicking changes nothing (a
+    figure can never be left zoomed or shrunk with no way back; clicks still pick points); a long title
+    wrapped and hung under the toolbar's row; with `present`, presentation mode's larger text.
 
     No template is set here: assigning one costs ~20 ms of plotly validation per figure; charts set a white
     background themselves (`CHART`)."""
-    fig.update_xaxes(fixedrange=True)
-    fig.update_yaxes(fixedrange=True)
-    fig.update_layout(dragmode=False)
+    layout = copy.deepcopy({k: v for k, v in spec.get("layout", {}).items() if k != "template"})
+    if "template" in spec.get("layout", {}):  # shared, never changed here
+        layout["template"] = spec["layout"]["template"]
+    # as fig.update_xaxes / update_yaxes: the first axis always, every other one the layout has
+    for name in ("xaxis", "yaxis", *(k for k in layout if AXIS.fullmatch(k))):
+        layout.setdefault(name, {})["fixedrange"] = True
+    layout["dragmode"] = False
     if present:
-        presentation(fig)
-    if fig.layout.title.text:  # the title just above the plot, the toolbar's row above it: no overlap
-        chars = TITLE_CHARS * FONT["size"] // (fig.layout.title.font.size or FONT["size"])  # bigger font, fewer
-        text = fig.layout.title.text if "<br>" in fig.layout.title.text else wrap(fig.layout.title.text, chars)
+        presentation(layout)
+    title = layout.get("title") or {}
+    if title.get("text"):  # the title just above the plot, the toolbar's row above it: no overlap
+        size = (title.get("font") or {}).get("size") or FONT["size"]
+        chars = TITLE_CHARS * FONT["size"] // size  # bigger font, fewer characters a line
+        text = title["text"] if "<br>" in title["text"] else wrap(title["text"], chars)
         lines = text.count("<br>") + 1
-        top = fig.layout.margin.t if fig.layout.margin.t is not None else 80
-        size = fig.layout.title.font.size or FONT["size"]
+        margin = layout.setdefault("margin", {})
+        top = margin["t"] if margin.get("t") is not None else 80
         # hung from the top of the figure under the toolbar's row (a bottom-anchored title of two lines
         # would grow down into the plot), with the top margin grown to hold every line
-        fig.update_layout(title={"text": text, "y": 1, "yref": "container", "yanchor": "top", "pad": {"t": 48}},
-                          margin={"t": max(top, 54 + 1.4 * size * lines)})
-    return fig
+        title.update({"text": text, "y": 1, "yref": "container", "yanchor": "top"})
+        title.setdefault("pad", {})["t"] = 48
+        layout["title"] = title
+        margin["t"] = max(top, 54 + 1.4 * size * lines)
+    return {**spec, "layout": layout}
 
 
 def new_run() -> None:

@@ -1,6 +1,7 @@
 """How fast the app answers in a real browser: `streamlit run` + Debian Chromium (playwright).
 
     .venv/bin/python benchmarks/bench_app.py [--repeats 3] [--pages tokens explanations] [--port 8521]
+        [--server-option runner.postScriptGC=false]
 
 With the sidebar defaults (embedded models, synthetic images), for each page:
 - new image: from typing a never-seen synthetic example number (Enter) until the script run is over
@@ -19,6 +20,18 @@ tab of the same browser; right before each pair of widget moves its slider is mo
 as the app's is for the app), so both are timed at the same moments. move / floor is the widget's complete
 median over the floor's; target <= 1.25 for a move that computes nothing. A new image against compute +
 floor: the page's complete median over (its direct compute + the floor median); target <= 1.
+
+A widget move and a floor move are timed with one clock (`timed_move`): from the key press until the
+script_finished message of the run it started has reached the browser, what the move changes is on
+screen (`PageBench.shows`, the floor's row in both titles) and two more frames are painted. A fragment
+run of a few milliseconds can come and go within one frame of the frontend, which then never marks it
+"running" (the clock of benchmarks/_browser.py waits for that), so the message itself is counted
+(`FINISHED`, a hook on the page's websocket).
+
+`--server-option section.name=value` starts the app's server with a Streamlit option (the environment
+variable STREAMLIT_SECTION_NAME), e.g. `runner.postScriptGC=false` to see what Streamlit's full garbage
+collection after every run costs in a process that holds torch (~450,000 objects: 0.1-0.4 s a run here;
+the floor app's ~80,000 objects take ~0.04 s). The floor app always runs with Streamlit's defaults.
 
 Each page against its own compute (issue 22): right after each page's runs in the browser (the server
 idle), the work that page needs for each of the same new images (both preprocessings and traces, the
@@ -49,16 +62,56 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks._browser import (  # noqa: E402
     COMPLETE,
+    RECORDER,
     TWO_FRAMES,
     exception_text,
     launch,
     nudge_slider,
-    open_page,
     set_number,
     streamlit_server,
     timed,
     wait_quiet,
 )
+
+# Counts the script runs that have finished, as the browser receives them: every ForwardMsg on the page's
+# websocket whose field 6 (script_finished) is set, with performance.now() (window.__finished). A minimal
+# protobuf walk over the message's top-level fields; Streamlit's websocket carries ArrayBuffers.
+FINISHED = """
+(() => {
+  window.__finished = [];
+  const finished = (bytes) => {
+    let i = 0;
+    const varint = () => { let v = 0, m = 1, b; do { b = bytes[i++]; v += (b & 127) * m; m *= 128; } while (b & 128);
+                           return v; };
+    while (i < bytes.length) {
+      const tag = varint(), field = Math.floor(tag / 8), wire = tag & 7;
+      if (field === 6 && wire === 0) return true;
+      if (wire === 0) varint();
+      else if (wire === 1) i += 8;
+      else if (wire === 2) { const length = varint(); i += length; }  // not i += varint(): i is read first
+      else if (wire === 5) i += 4;
+      else return false;
+    }
+    return false;
+  };
+  const Native = window.WebSocket;
+  window.WebSocket = class extends Native {
+    constructor(...args) {
+      super(...args);
+      this.addEventListener('message', (event) => {
+        if (event.data instanceof ArrayBuffer && finished(new Uint8Array(event.data)))
+          window.__finished.push(performance.now());
+      });
+    }
+  };
+})();
+"""
+# True when a run finished after t0 (its message received), nothing runs any more nor waits for its code.
+FINISHED_AFTER = """(t0) => {
+  const runs = window.__runs || [];
+  return (window.__finished || []).some(t => t >= t0) && runs.length > 0 && runs[runs.length - 1][1] === 'notRunning'
+    && !document.querySelector('[data-testid="stSkeleton"]');
+}"""
 
 
 @dataclass(frozen=True)
@@ -68,8 +121,25 @@ class PageBench:
     move: Callable[[object, int], None]  # (page, i) -> change the widget (i = 0, 1, 2, ...)
     new_image_target: float
     widget_target: float
-    # the element move i makes appear, for a move whose fragment run can be too short for the run clock
-    shows: Callable[[int], str] | None = None
+    # (page, i) -> a selector of what move i shows once answered, read before the move (it may name the value
+    # the move sets); None: the run's end is enough
+    shows: Callable[[object, int], str] | None = None
+
+
+def slider_value(page, key: str) -> int:
+    return int(page.locator(f".st-key-{key} input[type='range']").first.input_value())
+
+
+def _tokens_shows(page, i: int) -> str:
+    """The caption naming the chosen token, with the row move i sets."""
+    row = slider_value(page, "tok_row") + (1 if i % 2 == 0 else -1)
+    return f"text=Chosen: token ({row}, {slider_value(page, 'tok_col')}) of soft split 0"
+
+
+def _attention_shows(page, i: int) -> str:
+    """The chosen map's title (drawn by plotly), with the block move i sets."""
+    block = slider_value(page, "att_block") + (1 if i % 2 == 0 else -1)
+    return f".st-key-att_pick .gtitle:has-text('block {block},')"
 
 
 def _slider(key: str) -> Callable[[object, int], None]:
@@ -81,16 +151,15 @@ def _radio(key: str) -> Callable[[object, int], None]:
 
 
 PAGES = {
-    "tokens": PageBench("tokens", "token row slider", _slider("tok_row"), 2.0, 0.5),
-    "attention": PageBench("attention", "block slider", _slider("att_block"), 2.0, 0.5),
+    "tokens": PageBench("tokens", "token row slider", _slider("tok_row"), 2.0, 0.5, shows=_tokens_shows),
+    "attention": PageBench("attention", "block slider", _slider("att_block"), 2.0, 0.5, shows=_attention_shows),
     "explanations": PageBench("explanations", "deletion/insertion steps slider", _slider("exp_steps"), 3.0, 1.0),
     "explanations_discard": PageBench("explanations", "rollout discard ratio slider", _slider("exp_discard"), 3.0,
                                       1.0),
     "features": PageBench("features", "ViT block slider", _slider("fr_block_ViT"), 2.0, 0.5),
-    # the radio reruns the batch fragment only (issue 29): a run of a few milliseconds, which the frontend may
-    # never mark "running", so this move is timed until the other option's widget is on screen
+    # the radio reruns the batch fragment only (issue 29): the other option's widget on screen
     "classify": PageBench("classify", "batch source radio", _radio("batch_source"), 2.0, 0.5,
-                          shows=lambda i: ".st-key-batch_upload" if i % 2 == 0 else ".st-key-batch_n"),
+                          shows=lambda page, i: ".st-key-batch_upload" if i % 2 == 0 else ".st-key-batch_n"),
 }
 
 
@@ -153,25 +222,50 @@ def floor_server(port: int, timeout_s: float = 120.0) -> Iterator[str]:
                 proc.wait()
 
 
-# True when both heat maps of the floor app are drawn with row `arg` in their titles and no run is going on.
+# True when both heat maps of the floor app are drawn with row `arg` in their titles.
 FLOOR_DRAWN = """(row) => {
   const titles = Array.from(document.querySelectorAll('.js-plotly-plot .gtitle')).map(t => t.textContent);
-  const runs = window.__runs || [];
-  return titles.length === 2 && titles.every(t => t.endsWith('row ' + row))
-    && runs.length > 0 && runs[runs.length - 1][1] === 'notRunning';
+  return titles.length === 2 && titles.every(t => t.endsWith('row ' + row));
 }"""
 
 
+def open_page(browser, url: str, width: int = 1600, height: int = 1000, timeout_s: float = 300):
+    """A new page on `url` with the run recorder (benchmarks/_browser.py) and the finished-run hook (`FINISHED`)
+    installed, after its first run has finished."""
+    page = browser.new_page(viewport={"width": width, "height": height})
+    page.add_init_script(RECORDER)
+    page.add_init_script(FINISHED)
+    page.goto(url)
+    page.wait_for_function("() => (window.__runs || []).some(r => r[1] === 'notRunning')", timeout=timeout_s * 1000)
+    wait_quiet(page, timeout_s)
+    return page
+
+
+def answered(page, move: Callable[[], None], shows: str | None = None, timeout_s: float = 300) -> tuple[float, float]:
+    """Seconds from just before `move()` until a run that finished after it has reached the browser, nothing
+    runs, `shows` (a selector) is on screen and two more frames are painted (drawn); then until no progress
+    bar is left either (complete)."""
+    t0 = page.evaluate("() => performance.now()")
+    move()
+    page.wait_for_function(FINISHED_AFTER, arg=t0, timeout=timeout_s * 1000, polling=20)
+    if shows is not None:
+        page.wait_for_selector(shows, state="attached", timeout=timeout_s * 1000)
+    drawn = page.evaluate(TWO_FRAMES)
+    page.wait_for_function(COMPLETE, timeout=timeout_s * 1000, polling=20)
+    complete = page.evaluate(TWO_FRAMES)
+    return (drawn - t0) / 1000, (complete - t0) / 1000
+
+
 def floor_moves(floor, count: int) -> Times:
-    """`count` moves of the floor app's slider (one step right, then back), its tab in front: each from the key
-    press until both heat maps show the new row and the browser has painted two more frames. (Its runs are so
-    short that the frontend may never mark one "running", so `timed`'s run clock could wait for ever.)"""
+    """`count` moves of the floor app's slider (one step right, then back), its tab in front, each timed as a
+    widget move (`answered`) until, besides, both heat maps show the new row."""
     floor.bring_to_front()
     times: Times = []
     for i in range(count):
-        row = int(floor.locator(".st-key-floor input[type='range']").first.input_value()) + (1 if i % 2 == 0 else -1)
+        row = slider_value(floor, "floor") + (1 if i % 2 == 0 else -1)
         t0 = floor.evaluate("() => performance.now()")
         nudge_slider(floor, "floor", 1 if i % 2 == 0 else -1)
+        floor.wait_for_function(FINISHED_AFTER, arg=t0, timeout=300_000, polling=20)
         floor.wait_for_function(FLOOR_DRAWN, arg=row, timeout=300_000, polling=20)
         done = (floor.evaluate(TWO_FRAMES) - t0) / 1000
         times.append((done, done))
@@ -187,17 +281,9 @@ def go_to(page, url_path: str) -> float:
 
 
 def timed_move(page, pb: PageBench, i: int) -> tuple[float, float]:
-    """`timed` for move i of a page's widget; for a move with `shows`, until that element is attached and the
-    browser has painted two more frames (drawn), then until no progress bar is left (complete)."""
-    if pb.shows is None:
-        return timed(page, lambda: pb.move(page, i))
-    t0 = page.evaluate("() => performance.now()")
-    pb.move(page, i)
-    page.wait_for_selector(pb.shows(i), state="attached", timeout=300_000)
-    drawn = page.evaluate(TWO_FRAMES)
-    page.wait_for_function(COMPLETE, timeout=300_000, polling=20)
-    complete = page.evaluate(TWO_FRAMES)
-    return (drawn - t0) / 1000, (complete - t0) / 1000
+    """`answered` for move i of a page's widget (with what it shows, read before the move)."""
+    shows = pb.shows(page, i) if pb.shows is not None else None
+    return answered(page, lambda: pb.move(page, i), shows)
 
 
 def checked(page, seconds: tuple[float, float], what: str) -> tuple[float, float]:
@@ -276,7 +362,10 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8521)
     parser.add_argument("--log", type=Path, default=None, help="write the server's output here")
     parser.add_argument("--no-floor", action="store_true", help="do not time the bare Streamlit app beside")
+    parser.add_argument("--server-option", action="append", default=[], metavar="SECTION.NAME=VALUE",
+                        help="a Streamlit option of the app's server (not the floor's): runner.postScriptGC=false")
     args = parser.parse_args()
+    env = server_env(args.server_option)
     import torch
     from playwright.sync_api import sync_playwright
 
@@ -285,8 +374,9 @@ def main() -> None:
 
     print(f"torch {torch.__version__} on {'cuda' if torch.cuda.is_available() else 'cpu'}, {os.cpu_count()} cores, "
           f"the app computes with {cpu_threads()} CPU thread(s) ($T2T_LENS_THREADS to change), "
-          f"load average before {os.getloadavg()[0]:.1f}")
-    with streamlit_server(args.port, log=args.log), sync_playwright() as p, \
+          f"load average before {os.getloadavg()[0]:.1f}"
+          + (f"; the app's server with {', '.join(args.server_option)}" if args.server_option else ""))
+    with streamlit_server(args.port, env=env, log=args.log), sync_playwright() as p, \
             (floor_server(args.port + 1) if not args.no_floor else _nothing()) as floor_url:
         browser = launch(p)
         start = time.perf_counter()
@@ -350,6 +440,19 @@ def floor_table(rows) -> None:
         ni, ci = summary(new_image)[1], statistics.median(direct[0])
         print(f"| {name} | {pb.widget} | {fl:.2f} | {first:.2f} | {back:.2f} | {first / fl:.2f}, {back / fl:.2f} | "
               f"{ni:.2f} | {ci:.2f} | {ni / (ci + fl):.2f} |")
+
+
+def server_env(options: list[str]) -> dict[str, str]:
+    """`section.name=value` Streamlit options as the environment variables Streamlit reads them from."""
+    from streamlit.config import _config_options_template as known
+
+    env = {}
+    for option in options:
+        key, _, value = option.partition("=")
+        if key not in known or not value:
+            raise SystemExit(f"--server-option {option!r}: expected section.name=value with a Streamlit option")
+        env[known[key].env_var] = value
+    return env
 
 
 @contextmanager

@@ -2,12 +2,13 @@
 
 What depends on the chosen token and step (the sliders, the step radio, every clickable figure) is one
 `st.fragment`: moving a slider or clicking a token reruns that part only, not the sidebar, the counts table
-or the rest of the app (issue 29); a new image or model (the sidebar) reruns the whole page."""
+or the rest of the app (issue 29); a new image or model (the sidebar) reruns the whole page. The figures are
+built as specs of plain dicts (app/figures.py), not validated go.Figure objects: a move builds them anew, and
+plotly's validation was most of the time a move took in Python."""
 
 from __future__ import annotations
 
 import numpy as np
-import plotly.graph_objects as go
 import streamlit as st
 
 import t2t
@@ -81,7 +82,7 @@ def on(grid: tuple[int, int], rc0: tuple[int, int]) -> tuple[int, int]:
     return figures.scaled_index(rc0[0], g0[0], grid[0]), figures.scaled_index(rc0[1], g0[1], grid[1])
 
 
-def clickable(fig, key: str, grid: tuple[int, int]) -> None:
+def clickable(fig: figures.Spec, key: str, grid: tuple[int, int]) -> None:
     """Show a figure whose token picker on `grid` sets the chosen token."""
     widgets.show(fig, key=key, on_select=widgets.pick_callback(key, "tok_row", "tok_col", grid, g0))
 
@@ -100,15 +101,15 @@ def overlap_px(stage: str, grid: tuple[int, int]) -> int:
     return max(0, a[3] - b[1])
 
 
-def window_figure(stage: str, grid: tuple[int, int], rc: tuple[int, int], title: str):
+def window_figure(stage: str, grid: tuple[int, int], rc: tuple[int, int], title: str) -> figures.Spec:
     chosen, near = fields(stage, grid, rc)
-    fig = figures.image_figure(uri, size, title=title)
+    fig = figures.image_spec(uri, size, title=title)
     figures.add_boxes(fig, near, figures.NEIGHBOUR, width=1.5, dash="dot", name="neighbours")
     figures.add_chosen(fig, chosen, size, 420)
     return figures.add_token_picker(fig, grid, size)
 
 
-def zoom_figure(stage: str, grid: tuple[int, int], rc: tuple[int, int], title: str):
+def zoom_figure(stage: str, grid: tuple[int, int], rc: tuple[int, int], title: str) -> figures.Spec:
     """The neighbourhood of the chosen token, enlarged, with how many windows cover each pixel."""
     chosen, near = fields(stage, grid, rc)
     boxes = [chosen, *near]
@@ -118,7 +119,9 @@ def zoom_figure(stage: str, grid: tuple[int, int], rc: tuple[int, int], title: s
     for t, lf, b, rt in boxes:
         cover[t - top:b - top, lf - left:rt - left] += 1
     crop = figures.upscale(np.ascontiguousarray(img[top:bottom, left:right]))
-    fig = figures.image_figure(figures.png_uri(crop), cover.shape, title=title, pixel=cover.shape[0] / crop.shape[0])
+    # remembered per token: a slider moved back finds its crop encoded
+    crop_uri = figures.cached_png_uri(f"{lm.key}|{ctx.image.key}|{stage}|{rc}|zoom", crop)
+    fig = figures.image_spec(crop_uri, cover.shape, title=title, pixel=cover.shape[0] / crop.shape[0])
     figures.add_grid_heatmap(fig, cover, cover.shape, colorscale="Greens", opacity=0.35, zmin=0, zmax=4,
                        colorbar_title="windows", hover="this pixel is in %{z} of the 9 windows")
     shift = [(t - top, lf - left, b - top, rt - left) for t, lf, b, rt in boxes]
@@ -127,21 +130,21 @@ def zoom_figure(stage: str, grid: tuple[int, int], rc: tuple[int, int], title: s
     # clicking a window's centre makes it the chosen token (its customdata is its (row, col) on `grid`)
     tokens = [rc, *figures.neighbours(*rc, grid)]
     step = max(1, shift[0][2] - shift[0][0] - overlap_px(stage, grid))  # window stride in pixels
-    fig.add_trace(go.Scatter(
-        x=[(lf + rt) / 2 for _, lf, _, rt in shift], y=[(t + b) / 2 for t, _, b, _ in shift], mode="markers",
-        marker={"size": 0.8 * step * 420 / max(cover.shape), "color": "rgba(255,255,255,0.01)", "symbol": "square"},
-        selected={"marker": {"color": "rgba(255,255,255,0.01)"}}, unselected={"marker": {"opacity": 1}},
-        customdata=[[r, c, r * grid[1] + c] for r, c in tokens], name="pick",
-        hovertemplate="window of token (row %{customdata[0]}, col %{customdata[1]}): click to choose it"
-                      "<extra></extra>"))
-    return fig
+    return figures.add_trace(fig, {
+        "type": "scatter", "x": [(lf + rt) / 2 for _, lf, _, rt in shift], "y": [(t + b) / 2 for t, _, b, _ in shift],
+        "mode": "markers",
+        "marker": {"size": 0.8 * step * 420 / max(cover.shape), "color": "rgba(255,255,255,0.01)", "symbol": "square"},
+        "selected": {"marker": {"color": "rgba(255,255,255,0.01)"}}, "unselected": {"marker": {"opacity": 1}},
+        "customdata": [[r, c, r * grid[1] + c] for r, c in tokens], "name": "pick",
+        "hovertemplate": "window of token (row %{customdata[0]}, col %{customdata[1]}): click to choose it"
+                         "<extra></extra>"})
 
 
 def attention_figure(name: str, grid: tuple[int, int], rc: tuple[int, int], title: str, key: str) -> None:
     """The chosen query's attention row over the grid, on the image, and what the row sums to."""
     index = rc[0] * grid[1] + rc[1]
     row = figures.to_numpy(tr.attention_rows(name, [index])[0, 0, 0]).reshape(grid)
-    fig = figures.image_figure(uri, size, title=title)
+    fig = figures.image_spec(uri, size, title=title)
     figures.add_log_heatmap(fig, row * row.size, size, "× uniform", floor=1e-3)
     figures.add_chosen(fig, figures.cell_box(*rc, grid, size), size, 420, color="#00e676")
     clickable(figures.add_token_picker(fig, grid, size), key, grid)
@@ -158,11 +161,11 @@ def attention_figure(name: str, grid: tuple[int, int], rc: tuple[int, int], titl
 
 
 def map_window_figure(name: str, grid_in: tuple[int, int], grid_out: tuple[int, int], rc: tuple[int, int],
-                      title: str):
+                      title: str) -> figures.Spec:
     """The 2-D token map a soft split cuts (channel norm), with the 3x3 windows of the chosen token."""
     tokens = figures.to_numpy(tr[name][0])  # (N, C)
     norm = np.linalg.norm(tokens, axis=1).reshape(grid_in)
-    fig = figures.image_figure(None, size, title=title)
+    fig = figures.image_spec(None, size, title=title)
     figures.add_grid_heatmap(fig, norm, size, colorscale="Viridis", opacity=1.0, showscale=False,
                        hover="token norm %{z:.3g}")
     cell = (size[0] / grid_in[0], size[1] / grid_in[1])
@@ -193,14 +196,14 @@ def channel_mosaic(name: str, grid: tuple[int, int], count: int, title: str, key
                                                                                     "gray")))
     chosen_key = f"{key}_channel"
     channel = st.session_state.get(chosen_key)
-    fig = charts.mosaic_figure(maps, ncols, title=title, uri=mosaic_uri, pickable=True, highlight=channel,
-                          hover_names=[f"channel {i}: click to enlarge" for i in range(len(maps))])
+    fig = charts.mosaic_spec(maps, ncols, title=title, uri=mosaic_uri, pickable=True, highlight=channel,
+                             hover_names=[f"channel {i}: click to enlarge" for i in range(len(maps))])
     widgets.show(fig, key=key, on_select=widgets.tile_callback(key, len(maps), index_key=chosen_key))
     if channel is None or channel >= len(maps):
         st.caption("Click a tile to enlarge its channel.")
         return
     rc = on(grid, rc0)
-    one = figures.image_figure(None, size, height=320, title=f"Channel {channel} of {name}, {grid[0]}×{grid[1]}")
+    one = figures.image_spec(None, size, height=320, title=f"Channel {channel} of {name}, {grid[0]}×{grid[1]}")
     figures.add_grid_heatmap(one, maps[channel], size, colorscale="Greys", opacity=1.0, showscale=False,
                        hover=f"channel {channel}: %{{z:.3g}}")
     figures.add_chosen(one, figures.cell_box(*rc, grid, size), size, 320)
@@ -229,7 +232,8 @@ def step_split0(rc0: tuple[int, int]) -> None:
     token = tr["t2t.split0"][0, index].reshape(3, 7, 7)  # channel-major (c, ki, kj), as nn.Unfold
     patch = (denormalize(token, lm.cfg["mean"], lm.cfg["std"]).permute(1, 2, 0).numpy() * 255).astype(np.uint8)
     p1, p2 = st.columns([1, 4])
-    p1.image(np.repeat(np.repeat(patch, 20, axis=0), 20, axis=1), width=140)
+    # a data URI (a few KB, lossless): an array would be a media file, one more request to the server on every move
+    p1.image(figures.png_uri(np.repeat(np.repeat(patch, 20, axis=0), 20, axis=1)), width=140)
     p2.markdown(
         f"Token **#{index}** of `t2t.split0`, straight from the trace: its 147 numbers, un-normalised and laid "
         "back out as a 7×7 RGB window, are exactly the pixels inside the red box. (At the border, the window "
@@ -307,8 +311,8 @@ def step_projection(rc0: tuple[int, int]) -> None:
     with a:
         clickable(window_figure("t2t.project", g2, (r2, c2), f"T2T-ViT: {n2} overlapping tokens"), "pick_proj", g2)
     with b:
-        fig = figures.image_figure(uri if vm.img_size == lm.img_size else None, size,
-                             title=f"ViT: {vgrid[0] * vgrid[1]} hard {p}×{p} patches")
+        fig = figures.image_spec(uri if vm.img_size == lm.img_size else None, size,
+                                 title=f"ViT: {vgrid[0] * vgrid[1]} hard {p}×{p} patches")
         figures.add_grid_lines(fig, vgrid, size, color="rgba(255,255,255,0.7)")
         near = [figures.cell_box(*n, vgrid, size) for n in figures.neighbours(vr, vc, vgrid)]
         figures.add_boxes(fig, near, figures.NEIGHBOUR, width=1.5, dash="dot")

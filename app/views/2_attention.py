@@ -2,7 +2,9 @@
 
 The model, block, head and query widgets and everything they change are one `st.fragment`: a move reruns
 that part only, not the sidebar or the rest of the app (issue 29); the closing paragraph, which reads both
-models whatever is chosen, is drawn by full runs only."""
+models whatever is chosen, is drawn by full runs only. Figures are specs of plain dicts (app/figures.py): a
+move builds the chosen map anew without plotly's validation, and the charts it leaves as they were are not
+built again (`reused`)."""
 
 from __future__ import annotations
 
@@ -31,16 +33,17 @@ widgets.explain_text(
 profiles = {m.role: compute.attention_profile(ctx, m) for m in ctx.models}  # each (blocks, heads): distance, entropy
 
 
-def reused(chart_key: str, signature: tuple, build: Callable[[], go.Figure]) -> go.Figure:
-    """A copy of the figure this session last built for `chart_key` if `signature` (everything it shows) is the
-    same, else `build()`'s. A block move with the mean of heads leaves the blocks x heads grid and both per-head
-    charts as they were: building them again cost about 0.1 s each on the shared 2-core machine, a copy 0.015 s.
-    One figure per chart is kept (the session's last); the copy is what `widgets.show` styles."""
+def reused(chart_key: str, signature: tuple, build: Callable[[], go.Figure | figures.Spec]) -> figures.Spec:
+    """The spec this session last built for `chart_key` if `signature` (everything it shows) is the same, else
+    `build()`'s, as a spec. A block move with the mean of heads leaves the blocks x heads grid and both per-head
+    charts as they were: building them again cost about 0.1 s each on the shared 2-core machine. One spec per
+    chart is kept (the session's last); `widgets.show` styles a copy of it and never changes it."""
     store = st.session_state.setdefault("_att_figures", {})
     kept = store.get(chart_key)
     if kept is None or kept[0] != signature:
-        kept = store[chart_key] = (signature, build())
-    return go.Figure(kept[1])
+        built = build()
+        kept = store[chart_key] = (signature, built.to_dict() if isinstance(built, go.Figure) else built)
+    return kept[1]
 
 
 def write_view_to_url() -> None:
@@ -95,7 +98,7 @@ def chosen_view() -> None:
         uri = figures.cached_png_uri(f"{lm.key}|{ctx.image.key}", ctx.display_image(lm))
         who = "the class token" if use_cls else f"token ({row}, {col})"
         what = "mean of heads" if head == "mean" else f"head {head}"
-        fig = figures.image_figure(uri, size, title=f"{lm.name}: block {block}, {what}, query {who}")
+        fig = figures.image_spec(uri, size, title=f"{lm.name}: block {block}, {what}, query {who}")
         figures.add_log_heatmap(fig, shown * shown.size, size, "× uniform", floor=1e-2 if not top60 else 1e-1)
         if not use_cls:
             figures.add_chosen(fig, figures.cell_box(row, col, grid, size), size, 420, color="#00e676")
@@ -106,7 +109,7 @@ def chosen_view() -> None:
                    f"{grid[0] * grid[1]} patch tokens shown.")
     with right:
         highlight = None if head == "mean" else block * nh + head
-        fig = reused("att_tiles", (lm.key, ctx.image.key, query, top60, highlight), lambda: charts.mosaic_figure(
+        fig = reused("att_tiles", (lm.key, ctx.image.key, query, top60, highlight), lambda: charts.mosaic_spec(
             maps.reshape(nb * nh, *grid), nh, cmap="inferno", title="Block (rows) × head (columns)",
             row_labels=[f"block {b}" for b in range(nb)], col_labels=[f"h{h}" for h in range(nh)], pickable=True,
             hover_names=[f"block {i // nh}, head {i % nh}" for i in range(nb * nh)], highlight=highlight,

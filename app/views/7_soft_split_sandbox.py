@@ -111,7 +111,7 @@ def costs(view: sandbox.View) -> tuple[int, int]:
     same = box.is_paper
 
     def delta(now: float, then: float, text: str) -> str | None:
-        return None if same else text.format(now - then) + (f" ({now / then:.2g}× the paper's)" if then else "")
+        return None if same else text.format(now - then) + (f" ({now / then:.3g}× the paper's)" if then else "")
 
     m = st.columns(5)
     m[0].metric("Backbone tokens", f"{box.backbone.tokens:,}",

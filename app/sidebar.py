@@ -222,37 +222,54 @@ def image_picker() -> tuple[ImageChoice, list[str]]:
         return fallback, [f"The uploaded image could not be used: {err} Showing the {fallback.label} instead."]
 
 
+# Streamlit sends an st.image as a JPEG (quality 90) no wider than its `width`: an image given at that
+# width as such a JPEG goes out as it is, where a larger PNG was decoded, resized and encoded again.
+PREPROCESSING_WIDTH, THUMBNAIL_WIDTH = 120, 160
+
+
 @memo  # in the per-image cache, under its budget in bytes
 def preprocessing_images(model_key: str, image_key: str, _steps: PreprocessSteps) -> list[bytes]:
-    """PNGs of the original with the crop drawn on it, and of the model input (encoded once)."""
+    """JPEGs of the original with the crop drawn on it, and of the model input (encoded once)."""
     original = _steps.original.copy()
-    original.thumbnail((256, 256))
+    original.thumbnail((2 * PREPROCESSING_WIDTH, 2 * PREPROCESSING_WIDTH))  # the crop's box drawn at 2x, then shrunk
     scale = original.size[0] / _steps.original.size[0]
     ImageDraw.Draw(original).rectangle([v * scale for v in _steps.crop_box_original], outline="red", width=3)
-    return [png_bytes(original), png_bytes(_steps.cropped)]
+    return [jpeg_bytes(original, PREPROCESSING_WIDTH), jpeg_bytes(_steps.cropped, PREPROCESSING_WIDTH)]
 
 
 @memo
 def thumbnail(image_key: str, _image: Image.Image) -> bytes:
-    small = _image.copy()
-    small.thumbnail((320, 320))
-    return png_bytes(small)
+    return jpeg_bytes(_image, THUMBNAIL_WIDTH)
 
 
-def png_bytes(image: Image.Image) -> bytes:
+def jpeg_bytes(image: Image.Image, width: int) -> bytes:
+    """`image` at most `width` pixels wide, as the JPEG Streamlit's st.image would send."""
+    small = image.convert("RGB")
+    if small.width > width:
+        small = small.resize((width, max(1, round(small.height * width / small.width))), Image.Resampling.LANCZOS)
     buf = io.BytesIO()
-    image.save(buf, "PNG", compress_level=1)
+    small.save(buf, "JPEG", quality=90)
     return buf.getvalue()
 
 
+PREPROCESSING_KEY = "preprocessing_open"
+
+
 def preprocessing(ctx: Context) -> None:
-    """Resize, crop and normalisation of each model, shown step by step."""
-    with st.expander("Preprocessing: what the models see", expanded=False):
+    """Resize, crop and normalisation of each model, shown step by step.
+
+    Drawn only while the expander is open (its opening reruns the page): closed, as it starts, it costs
+    a new image nothing (its four pictures were 30-50 ms of a new image's run)."""
+    remembered(PREPROCESSING_KEY, False)  # open or closed as last left, on every page
+    box = st.expander("Preprocessing: what the models see", key=PREPROCESSING_KEY, on_change="rerun")
+    if not box.open:
+        return
+    with box:
         for lm in ctx.models:
             steps = ctx.steps(lm)
             st.markdown(f"**{lm.name}** — mean {tuple(round(v, 3) for v in lm.cfg['mean'])}, "
                         f"std {tuple(round(v, 3) for v in lm.cfg['std'])}, crop {lm.crop_pct:g}")
-            st.image(preprocessing_images(lm.key, ctx.image.key, steps), width=120,
+            st.image(preprocessing_images(lm.key, ctx.image.key, steps), width=PREPROCESSING_WIDTH,
                      caption=["original, red: the crop", "model input"])
             st.markdown("\n".join(f"{i + 1}. {line}" for i, line in enumerate(steps.description)))
 
@@ -293,7 +310,7 @@ def sidebar() -> tuple[Context, list[str]]:
             vit_model, n2 = model_picker("ViT", "vit", VIT_DEFAULT, device, mode)
         st.subheader("Image")
         image, n3 = image_picker()
-        st.image(thumbnail(image.key, image.image), caption=image.label, width=160)
+        st.image(thumbnail(image.key, image.image), caption=image.label, width=THUMBNAIL_WIDTH)
         notices += n1 + n2 + n3
         ctx = Context(t2t_model, vit_model, image, device)
         notices += upsampling_notices(ctx)

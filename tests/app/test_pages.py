@@ -22,7 +22,7 @@ from streamlit.testing.v1 import AppTest
 
 import t2t
 from analysis.maps import keep_mass
-from app import compute, explanations, images, models
+from app import compute, explanations, images, models, sidebar
 from app import widgets as C
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -135,9 +135,15 @@ def test_default_models_image_and_untrained_notice() -> None:
     assert any("Device: **cpu**" in c.value or "Device: **cuda" in c.value for c in at.sidebar.caption)
 
 
-def test_preprocessing_is_shown() -> None:
+def test_preprocessing_is_shown_when_its_expander_is_open_on_every_page() -> None:
     at = run()
+    assert "floor(224" not in " ".join(m.value for m in at.sidebar.markdown)  # closed: neither computed nor sent
+    assert len(at.sidebar.get("image")) == 1  # the image's thumbnail only
+    at.session_state[sidebar.PREPROCESSING_KEY] = True  # what opening it in the browser sets (and reruns)
+    at = run("views/2_attention.py", at)  # stays open on another page
     text = " ".join(m.value for m in at.sidebar.markdown)
+    # the thumbnail, then per model the original with the crop drawn on it and the model input
+    assert [len(p.proto.imgs) for p in at.sidebar.get("image")] == [1, 2, 2]
     ctx = at.session_state[compute.CTX_KEY]
     for lm in ctx.models:
         # project-trained models saw the 224 px renders uncropped; released weights use timm's eval crop

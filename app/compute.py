@@ -3,7 +3,8 @@ preprocessing, traces, predictions, attention and feature statistics, CKA.
 
 Owns: `Context` (the model pair, the image and the device the sidebar chose this run; pages get it
 with `context()`), `preprocessed` / `traced` (one forward pass per model and image, kept in the
-cache), `probabilities` / `top_k` / `predict`, and the statistics of a trace the pages show
+cache; on a CPU the pair's second trace starts beside the first, `trace_in_background`),
+`probabilities` / `top_k` / `predict`, and the statistics of a trace the pages show
 (`attention_profile`, `query_attention`, `block_channels`, `block_metrics`, `cka`). Every function
 here is a cached call of `t2t` / `analysis` (`@memo`, keyed by model key + image key + parameters);
 explanation maps and their scores are in `app/explanations.py`.
@@ -56,7 +57,7 @@ def _traced(model_key: str, image_key: str, _model: nn.Module, _x: Tensor) -> t2
 
 def traced(lm: LoadedModel, image: ImageChoice) -> t2t.Trace:
     x = preprocessed(lm, image).tensor
-    if _traced.key_of(lm.key, image.key, lm.model, x) in CACHE:  # type: ignore[attr-defined]
+    if is_traced(lm, image):
         return _traced(lm.key, image.key, lm.model, x)
     with st.spinner("Running the model …"):
         return guarded(lambda: _traced(lm.key, image.key, lm.model, x.to(lm.device)))
@@ -70,7 +71,7 @@ def is_traced(lm: LoadedModel, image: ImageChoice) -> bool:
 def trace_in_background(lm: LoadedModel, image: ImageChoice) -> None:
     """Start `lm`'s trace of `image` (on the CPU) in the quick queue, unless it is cached.
 
-    Every page shows both models, so a new image needs two traces. On a CPU a run computes on one
+    The pages show both models, so a new image needs two traces. On a CPU a run computes on one
     thread (app/device.py), and the machine's other core would stay idle while the script traces one
     model and then the other: the second trace now runs beside the first (two traces of the embedded
     pair: 69 ms one after the other, 41 ms side by side, 2-core machine). When the page asks for it,

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 import t2t
 from app.device import guarded
 from app.images import ImageChoice, synthetic_batch
-from app.jobs import CACHE, HEAVY, QUICK, background, memo, session_id
+from app.jobs import CACHE, HEAVY, QUICK, background, memo, soon
 from app.models import LoadedModel
 from t2t.images import PreprocessSteps, preprocess_steps
 
@@ -69,7 +69,8 @@ def is_traced(lm: LoadedModel, image: ImageChoice) -> bool:
 
 
 def trace_in_background(lm: LoadedModel, image: ImageChoice) -> None:
-    """Start `lm`'s trace of `image` (on the CPU) in the quick queue, unless it is cached.
+    """Start `lm`'s trace of `image` (on the CPU) in the quick queue, unless it is cached (`jobs.soon`;
+    without a browser, as in AppTest or `app.export`, it is computed here and now).
 
     The pages show both models, so a new image needs two traces. On a CPU a run computes on one
     thread (app/device.py), and the machine's other core would stay idle while the script traces one
@@ -77,12 +78,7 @@ def trace_in_background(lm: LoadedModel, image: ImageChoice) -> None:
     pair: 69 ms one after the other, 41 ms side by side, 2-core machine). When the page asks for it,
     the byte cache hands over the job's value, waits for the job if it is running, or computes it
     here if the job has not started (the queue's job then finds it cached)."""
-    if is_traced(lm, image):
-        return
-    x = preprocessed(lm, image).tensor
-    key = _traced.key_of(lm.key, image.key, lm.model, x)  # type: ignore[attr-defined]
-    QUICK.submit(key, session_id(), f"Trace of {lm.name}",
-                 lambda: _traced(lm.key, image.key, lm.model, x))  # on the CPU: no out-of-memory fall-back
+    soon(QUICK, f"Trace of {lm.name}", _traced, lm.key, image.key, lm.model, preprocessed(lm, image).tensor)
 
 
 @dataclass

@@ -104,8 +104,7 @@ def browser_polls() -> bool:
     return runtime.exists() and type(runtime.get_instance()) is runtime.Runtime
 
 
-def session_id() -> str:
-    """This script run's session (the fair queues' owner of its jobs)."""
+def _session_id() -> str:
     from streamlit.runtime.scriptrunner import get_script_run_ctx
 
     ctx = get_script_run_ctx()
@@ -137,7 +136,7 @@ def soon(queue: FairQueue, label: str, fn: Callable[..., T], *args: Any) -> Pend
     if found:
         return Pending(value)
     while True:
-        job = queue.submit(key, session_id(), label, lambda: fn(*args))
+        job = queue.submit(key, _session_id(), label, lambda: fn(*args))
         if browser_polls() and not job.done:
             return Pending(job=job, queue=queue)
         try:

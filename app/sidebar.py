@@ -243,7 +243,7 @@ def thumbnail(image_key: str, _image: Image.Image) -> bytes:
 
 
 def jpeg_bytes(image: Image.Image, width: int) -> bytes:
-    """`image` at most `width` pixels wide, as the JPEG Streamlit's st.image would send."""
+    """`image` at most `width` pixels wide as a JPEG of Streamlit's quality (90): st.image sends it unchanged."""
     small = image.convert("RGB")
     if small.width > width:
         small = small.resize((width, max(1, round(small.height * width / small.width))), Image.Resampling.LANCZOS)
